@@ -1,0 +1,205 @@
+//! Turning an HTTP request into a command (DESIGN §2): a pure function, so that every rule is
+//! unit-tested and fuzzed without a server.
+//!
+//! Where WP Fusion reads `$_REQUEST`, we read the query string and a form-encoded body; a JSON
+//! body gives the contact (`email`, optionally `id` and `cio_id`). Decisions where DESIGN is silent:
+//! - the access key is checked before anything else, so an unauthenticated caller learns nothing;
+//! - a JSON body without `email` falls back to `email`/`contact_id` from the query or form;
+//! - `send_notification` accepts `true/1/yes/on` and `false/0/no/off/` (any case); other values are
+//!   a 400 rather than a guess;
+//! - `tags=` with nothing in it counts as absent (the worker then asks Customer.io).
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::command::{Action, Contact, SyncV1};
+use uuid::Uuid;
+
+use crate::auth::{header_candidates, AccessKeys};
+
+/// What a well-formed, authenticated request asks for.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    /// `wpf_action=test`: answer `{"success":true}`, queue nothing.
+    Test,
+    Command(SyncV1),
+}
+
+/// Why a request is refused; the text is safe to return (it never contains the key).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Forbidden,
+    BadRequest(String),
+}
+
+fn bad(msg: impl Into<String>) -> Rejection {
+    Rejection::BadRequest(msg.into())
+}
+
+/// The parts of the request the parser looks at.
+pub struct Input<'a> {
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+/// A JSON string or number as text; empty strings count as absent (Liquid renders missing values so).
+fn text_field(body: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(bad(format!("body field '{name}' must be a string"))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses and checks one webhook request.
+pub fn parse(input: &Input<'_>, keys: &AccessKeys, event_id: Uuid, now: DateTime<Utc>) -> Result<Parsed, Rejection> {
+    let mut pairs: Vec<(String, String)> = input
+        .query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let body_is_blank = input.body.iter().all(u8::is_ascii_whitespace);
+    let mut json: Option<serde_json::Map<String, Value>> = None;
+    if is_form(input.headers) {
+        pairs.extend(form_urlencoded::parse(input.body).into_owned());
+    } else if !body_is_blank {
+        match serde_json::from_slice::<Value>(input.body) {
+            Ok(Value::Object(map)) => json = Some(map),
+            Ok(_) => {
+                return Err(bad(
+                    "body must be a JSON object, like {\"email\": \"{{customer.email}}\"}",
+                ))
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "body is not valid JSON ({})",
+                    truncate(&e.to_string(), 120)
+                )))
+            }
+        }
+    }
+    let params = Params(pairs);
+
+    // 1. The access key, before anything else.
+    let offered = params
+        .all("access_key")
+        .map(str::to_string)
+        .chain(header_candidates(input.headers));
+    if !offered.fold(false, |ok, k| keys.accepts(&k) | ok) {
+        return Err(Rejection::Forbidden);
+    }
+
+    // 2. The action.
+    let raw_action = params.get("wpf_action").map(str::trim).unwrap_or("");
+    if raw_action.is_empty() {
+        return Err(bad("wpf_action is missing: use update_tags, update, add or test"));
+    }
+    if raw_action.eq_ignore_ascii_case("test") {
+        return Ok(Parsed::Test);
+    }
+    let action = Action::parse(raw_action).ok_or_else(|| {
+        bad(format!(
+            "unknown wpf_action '{}': use update_tags, update, add or test",
+            truncate(raw_action, 40)
+        ))
+    })?;
+
+    // 3. The contact.
+    let mut email = None;
+    let (mut id, mut cio_id) = (None, None);
+    if let Some(body) = &json {
+        email = text_field(body, "email")?;
+        id = text_field(body, "id")?;
+        cio_id = text_field(body, "cio_id")?;
+    }
+    if email.is_none() {
+        email = params
+            .get("email")
+            .or_else(|| params.get("contact_id"))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+    }
+    let email = email.ok_or_else(|| {
+        bad("no contact e-mail: send a JSON body like {\"email\": \"{{customer.email}}\"} or ?email=")
+    })?;
+    let email = shared::email::parse(&email).map_err(|why| bad(format!("malformed contact e-mail: {why}")))?;
+
+    // 4. Options.
+    let send_notification = match params.get("send_notification").map(|s| s.trim().to_ascii_lowercase()) {
+        None => false,
+        Some(v) => match v.as_str() {
+            "true" | "1" | "yes" | "on" => action == Action::Add,
+            "false" | "0" | "no" | "off" | "" => false,
+            _ => return Err(bad("send_notification must be true or false")),
+        },
+    };
+    let role = match params.get("role").map(str::trim).filter(|r| !r.is_empty()) {
+        Some(_) if action == Action::UpdateTags => None,
+        Some(r) if r.len() > 64 || !r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) => {
+            return Err(bad("role must be a role name of letters, digits, '_' or '-'"))
+        }
+        Some(r) => Some(r.to_ascii_lowercase()),
+        None => None,
+    };
+    let tags = match (action, params.get("tags").map(str::trim).filter(|t| !t.is_empty())) {
+        (Action::UpdateTags, Some(t)) => {
+            let ids: Result<Vec<i64>, _> = t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or(()))
+                .collect();
+            let mut ids = ids.map_err(|_| bad("tags must be comma-separated numeric segment ids"))?;
+            ids.sort_unstable();
+            ids.dedup();
+            Some(ids)
+        }
+        _ => None,
+    };
+
+    Ok(Parsed::Command(SyncV1 {
+        event_id,
+        received_at: now,
+        action,
+        contact: Contact { email, id, cio_id },
+        send_notification,
+        role,
+        tags,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! E-mail addresses as the ingress accepts them: parsed once at the edge.
+
+/// Checks that `raw` looks like a deliverable address and returns it trimmed.
+///
+/// This is deliberately a syntax check, not RFC 5322 in full: one `@`, a non-empty local part
+/// without spaces or control characters, and a dotted domain of letters, digits and hyphens.
+pub fn parse(raw: &str) -> Result<String, &'static str> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err("contact e-mail is empty");
+    }
+    if s.len() > 254 {
+        return Err("contact e-mail is longer than 254 characters");
+    }
+    let (local, domain) = s.rsplit_once('@').ok_or("contact e-mail has no @")?;
+    if local.is_empty() || local.len() > 64 {
+        return Err("contact e-mail has an empty or over-long local part");
+    }
+    if local
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '<' | '>' | ',' | ';' | '"' | '\\'))
+    {
+        return Err("contact e-mail has characters not allowed in an address");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err("contact e-mail has an invalid domain");
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn accepts_ordinary_and_plus_addresses() {
+        assert_eq!(parse(" Jane@Example.com ").unwrap(), "Jane@Example.com");
+        assert!(parse("jane+vip@example.co.uk").is_ok());
+        assert!(parse("o'brien@example.ie").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_addresses() {
+        for bad in [
+            "",
+            "   ",
+            "jane",
+            "jane@",
+            "@example.com",
+            "jane@example",
+            "jane@@example.com",
+            "ja ne@example.com",
+            "jane@exa mple.com",
+            "jane@-example.com",
+            "jane@example..com",
+            "{{customer.email}}",
+            "<jane@example.com>",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

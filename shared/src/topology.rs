@@ -1,0 +1,245 @@
+//! The AMQP topology (DESIGN §3), declared idempotently from this one place by both binaries.
+//!
+//! ```text
+//! {ns}.commands (direct) ──"command"──▶ {ns}.commands (quorum) ──dead-letter──▶ {ns}.dead (fanout) ──▶ {ns}.dead (quorum)
+//! {ns}.retry (direct) ──"1s"…"1h"──▶ {ns}.retry.1s … {ns}.retry.1h (quorum, message TTL) ──expiry──▶ {ns}.commands
+//! ```
+//!
+//! Every flag below is a stated decision. The queues are quorum queues (replicated, the only kind
+//! RabbitMQ 4 keeps for data safety, and supported by 3.10). The work queue dead-letters with the
+//! at-least-once strategy (which needs `x-overflow=reject-publish`) so that a message crossing to
+//! `{ns}.dead` is never dropped, and its delivery limit parks a message that crashes every worker.
+//! Retry tiers are one queue per delay, because RabbitMQ only expires messages at a queue's head.
+
+use std::time::Duration;
+
+use lapin::{
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    Channel, ExchangeKind,
+};
+
+/// Routing key of commands on the commands exchange.
+pub const COMMAND_KEY: &str = "command";
+
+/// Deliveries of one message before the broker dead-letters it (a crash loop, not our retries:
+/// the worker acks a failed command after re-publishing it to a retry tier).
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// See the dead queue's declaration: high enough that peeking never drops a dead letter.
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// The delayed-retry tiers: about 1 s → 10 s → 1 min → 10 min → 1 h.
+pub const RETRY_TIERS: [(&str, Duration); 5] = [
+    ("1s", Duration::from_secs(1)),
+    ("10s", Duration::from_secs(10)),
+    ("1m", Duration::from_secs(60)),
+    ("10m", Duration::from_secs(600)),
+    ("1h", Duration::from_secs(3600)),
+];
+
+/// All exchange and queue names of one namespace (`AMQP_NAMESPACE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            ns: namespace.to_string(),
+        }
+    }
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+    pub fn commands_exchange(&self) -> String {
+        format!("{}.commands", self.ns)
+    }
+    pub fn commands_queue(&self) -> String {
+        format!("{}.commands", self.ns)
+    }
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.ns)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.ns)
+    }
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.ns)
+    }
+    pub fn retry_queue(&self, tier: &str) -> String {
+        format!("{}.retry.{tier}", self.ns)
+    }
+    /// Every queue, for deletion and inspection.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut q = vec![self.commands_queue(), self.dead_queue()];
+        q.extend(RETRY_TIERS.iter().map(|(t, _)| self.retry_queue(t)));
+        q
+    }
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![self.commands_exchange(), self.dead_exchange(), self.retry_exchange()]
+    }
+}
+
+/// Picks the retry tier for a delay: the shortest tier at least as long as `wanted`.
+pub fn tier_for(wanted: Duration) -> (&'static str, Duration) {
+    RETRY_TIERS
+        .iter()
+        .copied()
+        .find(|(_, d)| *d >= wanted)
+        .unwrap_or(RETRY_TIERS[RETRY_TIERS.len() - 1])
+}
+
+fn s(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v))
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(ShortString::from("x-queue-type"), s("quorum"));
+    for (k, v) in extra {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// Durable, not auto-deleted, not internal: exchanges outlive the processes that declare them.
+const EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+/// Quorum queues must be durable and cannot be exclusive or auto-deleted.
+const QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// Declares every exchange, queue and binding. Idempotent; drift fails with PRECONDITION_FAILED.
+pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
+    let commands = names.commands_exchange();
+    let dead = names.dead_exchange();
+    let retry = names.retry_exchange();
+    ch.exchange_declare(
+        commands.as_str().into(),
+        ExchangeKind::Direct,
+        EXCHANGE,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        dead.as_str().into(),
+        ExchangeKind::Fanout,
+        EXCHANGE,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        retry.as_str().into(),
+        ExchangeKind::Direct,
+        EXCHANGE,
+        FieldTable::default(),
+    )
+    .await?;
+
+    // Operators peek at dead letters (`worker dlq list`), which returns them to the queue; RabbitMQ 4
+    // counts such returns against a default delivery limit of 20 and then drops the message, so the
+    // dead queue gets a limit no inspection will ever reach.
+    ch.queue_declare(
+        names.dead_queue().as_str().into(),
+        QUEUE,
+        quorum_args(&[("x-delivery-limit", AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT))]),
+    )
+    .await?;
+    ch.queue_bind(
+        names.dead_queue().as_str().into(),
+        dead.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    let work_args = quorum_args(&[
+        ("x-dead-letter-exchange", s(&dead)),
+        ("x-dead-letter-strategy", s("at-least-once")),
+        ("x-overflow", s("reject-publish")),
+        ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+    ]);
+    ch.queue_declare(names.commands_queue().as_str().into(), QUEUE, work_args)
+        .await?;
+    ch.queue_bind(
+        names.commands_queue().as_str().into(),
+        commands.as_str().into(),
+        COMMAND_KEY.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    for (tier, delay) in RETRY_TIERS {
+        let q = names.retry_queue(tier);
+        let args = quorum_args(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
+            ("x-dead-letter-exchange", s(&commands)),
+            ("x-dead-letter-routing-key", s(COMMAND_KEY)),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-overflow", s("reject-publish")),
+        ]);
+        ch.queue_declare(q.as_str().into(), QUEUE, args).await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            retry.as_str().into(),
+            tier.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every queue and exchange of the namespace (tests, and tearing a namespace down).
+pub async fn delete(ch: &Channel, names: &Names) -> lapin::Result<()> {
+    for q in names.all_queues() {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for e in names.all_exchanges() {
+        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_by_the_namespace() {
+        let n = Names::new("acme");
+        assert_eq!(n.commands_exchange(), "acme.commands");
+        assert_eq!(n.dead_queue(), "acme.dead");
+        assert_eq!(n.retry_queue("10s"), "acme.retry.10s");
+        assert_eq!(n.all_queues().len(), 7);
+    }
+
+    #[test]
+    fn tier_for_picks_the_shortest_tier_that_is_long_enough() {
+        assert_eq!(tier_for(Duration::from_millis(10)).0, "1s");
+        assert_eq!(tier_for(Duration::from_secs(1)).0, "1s");
+        assert_eq!(tier_for(Duration::from_secs(2)).0, "10s");
+        assert_eq!(tier_for(Duration::from_secs(30)).0, "1m");
+        assert_eq!(tier_for(Duration::from_secs(99_999)).0, "1h");
+    }
+}

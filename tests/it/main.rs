@@ -1,0 +1,5 @@
+//! One integration-test binary for the whole workspace; each module is one feature.
+
+mod actions;
+mod ingress;
+mod simulator;

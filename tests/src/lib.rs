@@ -1,0 +1,9 @@
+//! Test kit for cio-sync: the Customer.io simulator, and the harness that gives each test its own
+//! Postgres database and AMQP namespace on the machine's real services (never mocks of them).
+
+pub mod env;
+pub mod sim;
+pub mod wait;
+
+pub use env::TestEnv;
+pub use wait::wait_until;

@@ -1,0 +1,284 @@
+//! The AMQP side of the worker: consume commands with a prefetch equal to the concurrency,
+//! process each, then settle it: ack after the commit; on a transient failure re-publish to a
+//! delayed-retry tier (confirmed) and then ack; on a permanent failure or the last attempt publish
+//! to `{ns}.dead` with the reason in headers (confirmed) and then ack. Reconnects by itself, and
+//! on shutdown stops consuming and finishes (or returns) what it holds.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Connection, ConnectionProperties,
+};
+use shared::{
+    command::Command,
+    config::AmqpSettings,
+    headers,
+    publisher::Publisher,
+    topology::{self, tier_for, Names, RETRY_TIERS},
+};
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    events::{self, EventLog},
+    sync::{self, Failure, SyncCtx},
+};
+
+pub struct Consumer {
+    pub ctx: Arc<SyncCtx>,
+    pub amqp: AmqpSettings,
+    pub publisher: Publisher,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub shutdown_grace: Duration,
+}
+
+/// Reads an integer header.
+pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
+    let h = props.headers().as_ref()?;
+    match h.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a string header.
+pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
+    let h = props.headers().as_ref()?;
+    match h.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The delay before attempt `attempt + 1`: the tiers in order, then the longest.
+pub fn retry_delay(attempt: u32) -> Duration {
+    RETRY_TIERS[(attempt.saturating_sub(1) as usize).min(RETRY_TIERS.len() - 1)].1
+}
+
+/// Copies `props` with the failure headers set.
+pub fn failure_properties(props: &BasicProperties, attempts: u32, error: &str) -> BasicProperties {
+    let mut h: FieldTable = props.headers().clone().unwrap_or_default();
+    let now = Utc::now().to_rfc3339();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+    if !h.contains_key(headers::FIRST_FAILURE) {
+        h.insert(ShortString::from(headers::FIRST_FAILURE), s(&now));
+    }
+    h.insert(ShortString::from(headers::LAST_FAILURE), s(&now));
+    h.insert(
+        ShortString::from(headers::ATTEMPTS),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    let short: String = error.chars().take(1000).collect();
+    h.insert(ShortString::from(headers::ERROR), s(&short));
+    props.clone().with_headers(h)
+}
+
+impl Consumer {
+    /// Consumes until `shutdown`, reconnecting after broker failures with a growing pause.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut pause = Duration::from_millis(500);
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!("broker connection lost ({e}); reconnecting in {pause:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+    }
+
+    async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let names = Names::new(&self.amqp.namespace);
+        let props = ConnectionProperties::default().with_connection_name("cio-sync worker".into());
+        let conn = Connection::connect(&self.amqp.url, props).await?;
+        let ch = conn.create_channel().await?;
+        topology::declare(&ch, &names).await?;
+        ch.basic_qos(
+            self.concurrency.min(u16::MAX as usize) as u16,
+            BasicQosOptions::default(),
+        )
+        .await?;
+        let tag = format!("worker-{}", uuid::Uuid::new_v4());
+        let mut consumer = ch
+            .basic_consume(
+                names.commands_queue().as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %names.commands_queue(), concurrency = self.concurrency, "consuming commands");
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    break Ok(());
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+                        let me = self.clone();
+                        tasks.spawn(async move {
+                            me.process(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => break Err(anyhow::anyhow!(e)),
+                    None => break Err(anyhow::anyhow!("the broker closed the consumer")),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        // Finish what we hold; whatever is still running after the grace period is returned to
+        // the queue when the connection closes (it was never acked).
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over; returning unfinished commands to the queue"
+            );
+            tasks.abort_all();
+        }
+        let _ = conn.close(200, "worker stopping".into()).await;
+        result
+    }
+
+    /// Processes and settles one delivery. Never panics the consume loop.
+    async fn process(&self, delivery: Delivery) {
+        let attempts_before = header_int(&delivery.properties, headers::ATTEMPTS).unwrap_or(0).max(0) as u32;
+        let cmd = match Command::decode(&delivery.data) {
+            Ok(Command::SyncV1(c)) => c,
+            Err(reason) => {
+                tracing::error!(%reason, "dead-lettering a message that is not a command");
+                self.dead_letter(&delivery, attempts_before + 1, &reason).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("command", event_id = %cmd.event_id, action = %cmd.action);
+        async {
+            let mut log = EventLog::new(cmd.event_id);
+            let result = sync::handle(&self.ctx, &cmd, &mut log).await;
+            let attempt = attempts_before + 1;
+            match result {
+                Ok(outcome) => {
+                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => outcome.status().to_string())
+                        .increment(1);
+                    let lag = (Utc::now() - cmd.received_at).to_std().unwrap_or_default();
+                    metrics::histogram!("cio_worker_lag_seconds", "action" => cmd.action.as_str()).record(lag.as_secs_f64());
+                    ack(&delivery).await;
+                }
+                Err(Failure::Transient { reason, retry_after }) if attempt < self.max_attempts => {
+                    // A 429's Retry-After is a floor; the tiers still grow so that a long storm backs off.
+                    let delay = retry_after.unwrap_or_default().max(retry_delay(attempt));
+                    let (tier, tier_delay) = tier_for(delay);
+                    log.warning(format!(
+                        "{reason}; retrying in about {}s (attempt {attempt} of {})",
+                        tier_delay.as_secs(),
+                        self.max_attempts
+                    ));
+                    if let Err(e) = events::fail(&self.ctx.pool, &mut log, Some(&cmd), "retrying", &reason).await {
+                        tracing::warn!("could not record the failure in the database: {e}");
+                    }
+                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "retrying").increment(1);
+                    let props = failure_properties(&delivery.properties, attempt, &reason);
+                    let names = self.publisher.names();
+                    match self.publisher.publish(&names.retry_exchange(), tier, &delivery.data, props).await {
+                        Ok(()) => ack(&delivery).await,
+                        Err(e) => {
+                            tracing::error!("could not schedule the retry ({e}); returning the command to the queue");
+                            requeue(&delivery).await;
+                        }
+                    }
+                }
+                Err(failure) => {
+                    let reason = match &failure {
+                        Failure::Transient { reason, .. } => format!("gave up after {attempt} attempts: {reason}"),
+                        Failure::Permanent { reason } => reason.clone(),
+                    };
+                    log.error(format!(
+                        "{reason}. The command is parked in the dead-letter queue; fix the cause, then `worker dlq replay {}`",
+                        cmd.event_id
+                    ));
+                    if let Err(e) = events::fail(&self.ctx.pool, &mut log, Some(&cmd), "dead", &reason).await {
+                        tracing::warn!("could not record the failure in the database: {e}");
+                    }
+                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "dead").increment(1);
+                    self.dead_letter(&delivery, attempt, &reason).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, attempts: u32, reason: &str) {
+        let props = failure_properties(&delivery.properties, attempts, reason);
+        let exchange = self.publisher.names().dead_exchange();
+        match self.publisher.publish(&exchange, "", &delivery.data, props).await {
+            Ok(()) => ack(delivery).await,
+            Err(e) => {
+                tracing::error!("could not dead-letter ({e}); returning the message to the queue");
+                requeue(delivery).await;
+            }
+        }
+    }
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!("ack failed ({e}); the broker will redeliver, and the event is already recorded");
+    }
+}
+
+async fn requeue(d: &Delivery) {
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_through_the_tiers() {
+        let secs: Vec<u64> = (1..=7).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(secs, vec![1, 10, 60, 600, 3600, 3600, 3600]);
+    }
+
+    #[test]
+    fn failure_headers_keep_the_first_failure_time() {
+        let p = failure_properties(&BasicProperties::default(), 1, "boom");
+        let first = header_str(&p, headers::FIRST_FAILURE).unwrap();
+        let p2 = failure_properties(&p, 2, "boom again");
+        assert_eq!(header_str(&p2, headers::FIRST_FAILURE).unwrap(), first);
+        assert_eq!(header_int(&p2, headers::ATTEMPTS), Some(2));
+        assert_eq!(header_str(&p2, headers::ERROR).as_deref(), Some("boom again"));
+    }
+}

@@ -1,0 +1,264 @@
+//! Operator access to the dead-letter queue (`worker dlq …`).
+//!
+//! Listing takes every dead letter with `basic.get` (unacknowledged), describes it and gives it
+//! back by closing the channel, so nothing is removed. Replay re-publishes a dead letter to the
+//! commands exchange with its attempt count reset, waits for the broker's confirm, and only then
+//! acks the dead copy: an interrupted replay leaves every message either still dead or queued again
+//! (at worst both, and the worker skips an event that already finished), so rerunning is safe.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+};
+use shared::{
+    command::Command,
+    config::AmqpSettings,
+    headers,
+    publisher::Publisher,
+    topology::{self, Names, COMMAND_KEY},
+};
+
+use crate::consumer::{header_int, header_str};
+
+/// What an operator needs to know about one dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub delivery_tag: u64,
+    pub event_id: String,
+    pub action: String,
+    pub contact: String,
+    pub attempts: i64,
+    pub error: String,
+    pub first_failure: Option<DateTime<Utc>>,
+    pub last_failure: Option<DateTime<Utc>>,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl DeadLetter {
+    fn from_parts(delivery_tag: u64, properties: BasicProperties, body: Vec<u8>) -> Self {
+        let decoded = Command::decode(&body).ok();
+        let (event_id, action, contact) = match &decoded {
+            Some(Command::SyncV1(c)) => (c.event_id.to_string(), c.action.to_string(), c.contact.email.clone()),
+            None => (
+                properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str().to_string())
+                    .or_else(|| header_str(&properties, headers::EVENT_ID))
+                    .unwrap_or_else(|| "?".into()),
+                header_str(&properties, headers::ACTION).unwrap_or_else(|| "?".into()),
+                header_str(&properties, headers::CONTACT).unwrap_or_else(|| "?".into()),
+            ),
+        };
+        let time = |h: &str| {
+            header_str(&properties, h)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let (error, attempts) = match header_str(&properties, headers::ERROR) {
+            Some(e) => (e, header_int(&properties, headers::ATTEMPTS).unwrap_or(0)),
+            None => broker_reason(&properties),
+        };
+        Self {
+            delivery_tag,
+            event_id,
+            action,
+            contact,
+            attempts,
+            error,
+            first_failure: time(headers::FIRST_FAILURE),
+            last_failure: time(headers::LAST_FAILURE).or_else(|| time(headers::FIRST_FAILURE)),
+            body,
+            properties,
+        }
+    }
+}
+
+/// A message the broker dead-lettered itself (delivery limit): the reason from `x-death`.
+fn broker_reason(p: &BasicProperties) -> (String, i64) {
+    let reason = header_str(p, "x-first-death-reason").unwrap_or_else(|| "unknown".into());
+    let count = p
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(a)) => a.as_slice().first().and_then(|d| match d {
+                AMQPValue::FieldTable(t) => match t.inner().get("count") {
+                    Some(AMQPValue::LongLongInt(n)) => Some(*n),
+                    Some(AMQPValue::LongInt(n)) => Some(i64::from(*n)),
+                    _ => None,
+                },
+                _ => None,
+            }),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let delivery = header_int(p, "x-delivery-count").unwrap_or(0);
+    (
+        format!(
+            "dead-lettered by the broker ({reason}); the message was delivered {delivery} time(s) without being settled — a worker crashed or lost its connection on it"
+        ),
+        count.max(delivery),
+    )
+}
+
+/// An open channel on the namespace's topology.
+pub struct Dlq {
+    conn: Connection,
+    channel: Channel,
+    names: Names,
+    publisher: Publisher,
+}
+
+impl Dlq {
+    pub async fn open(amqp: &AmqpSettings) -> anyhow::Result<Self> {
+        let names = Names::new(&amqp.namespace);
+        let conn = Connection::connect(
+            &amqp.url,
+            ConnectionProperties::default().with_connection_name("cio-sync dlq".into()),
+        )
+        .await?;
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, &names).await?;
+        let publisher = Publisher::new(amqp, "cio-sync dlq replay");
+        Ok(Self {
+            conn,
+            channel,
+            names,
+            publisher,
+        })
+    }
+
+    /// Takes every dead letter (unacked); they return to the queue when the channel closes.
+    pub async fn take_all(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(
+                self.names.dead_queue().as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        {
+            let d = m.delivery;
+            out.push(DeadLetter::from_parts(d.delivery_tag, d.properties, d.data));
+        }
+        Ok(out)
+    }
+
+    /// Re-publishes one dead letter to the commands exchange (attempts reset), then acks it.
+    pub async fn replay(&self, dl: &DeadLetter) -> anyhow::Result<()> {
+        let mut h: FieldTable = dl.properties.headers().clone().unwrap_or_default();
+        let mut cleaned = FieldTable::default();
+        for (k, v) in h.inner() {
+            if ![
+                headers::ATTEMPTS,
+                "x-death",
+                "x-first-death-reason",
+                "x-first-death-queue",
+                "x-first-death-exchange",
+                "x-last-death-reason",
+                "x-last-death-queue",
+                "x-last-death-exchange",
+                "x-delivery-count",
+            ]
+            .contains(&k.as_str())
+            {
+                cleaned.insert(k.clone(), v.clone());
+            }
+        }
+        cleaned.insert(
+            ShortString::from("x-cio-replayed-at"),
+            AMQPValue::LongString(Utc::now().to_rfc3339().into()),
+        );
+        h = cleaned;
+        let props = dl.properties.clone().with_headers(h);
+        self.publisher
+            .publish(&self.names.commands_exchange(), COMMAND_KEY, &dl.body, props)
+            .await?;
+        self.channel
+            .basic_ack(dl.delivery_tag, BasicAckOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn purge(&self) -> anyhow::Result<u32> {
+        Ok(self
+            .channel
+            .queue_purge(self.names.dead_queue().as_str().into(), QueuePurgeOptions::default())
+            .await?)
+    }
+
+    /// Gives back everything not acked.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// Which dead letters a bulk replay takes.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub ids: Vec<String>,
+    pub all: bool,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        let by_id = self.all || self.ids.iter().any(|i| i.eq_ignore_ascii_case(&d.event_id));
+        let by_action = self.action.as_ref().is_none_or(|a| a.eq_ignore_ascii_case(&d.action));
+        let by_time = self.since.is_none_or(|s| d.last_failure.is_none_or(|t| t >= s));
+        by_id && by_action && by_time
+    }
+}
+
+/// Parses `--since`: an RFC 3339 time, or an age like `30m`, `6h`, `2d`.
+pub fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("--since {s:?}: use an RFC 3339 time or an age like 30m, 6h, 2d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("--since {s:?}: unit must be s, m, h or d")),
+    };
+    Ok(Utc::now() - chrono::Duration::from_std(Duration::from_secs(secs)).map_err(|e| e.to_string())?)
+}
+
+/// "3m", "2h", "5d": how long ago.
+pub fn age(t: Option<DateTime<Utc>>) -> String {
+    let Some(t) = t else { return "?".into() };
+    let s = (Utc::now() - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_times_and_ages() {
+        assert!(parse_since("2026-11-27T06:00:00Z").is_ok());
+        let t = parse_since("2h").unwrap();
+        assert!((Utc::now() - t).num_minutes() >= 119);
+        assert!(parse_since("2w").is_err());
+        assert!(parse_since("soon").is_err());
+    }
+}

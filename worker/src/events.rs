@@ -1,0 +1,206 @@
+//! The record of each webhook: its `webhook_events` row (status, attempts, errors) and its ordered,
+//! human-readable `event_log`, in the spirit of WP Fusion's logs. Every line is also emitted
+//! through `tracing` with the event id, so process logs and the table tell the same story.
+//! Nothing secret is ever passed here: callers log what happened, never a password or a key.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::command::SyncV1;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Statuses after which an event is finished and a redelivery changes nothing.
+pub const FINAL_STATUSES: [&str; 4] = ["succeeded", "no_user", "contact_not_found", "rejected"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Notice,
+    Warning,
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Notice => "notice",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+struct Line {
+    at: DateTime<Utc>,
+    level: Level,
+    message: String,
+    context: Option<Value>,
+}
+
+/// Lines gathered while an event is processed, written in the same transaction as its effects.
+pub struct EventLog {
+    event_id: Uuid,
+    lines: Vec<Line>,
+}
+
+impl EventLog {
+    pub fn new(event_id: Uuid) -> Self {
+        Self {
+            event_id,
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+
+    pub fn push(&mut self, level: Level, message: impl Into<String>, context: Option<Value>) {
+        let message = message.into();
+        let id = self.event_id;
+        match level {
+            Level::Info | Level::Notice => tracing::info!(event_id = %id, "{message}"),
+            Level::Warning => tracing::warn!(event_id = %id, "{message}"),
+            Level::Error => tracing::error!(event_id = %id, "{message}"),
+        }
+        self.lines.push(Line {
+            at: Utc::now(),
+            level,
+            message,
+            context,
+        });
+    }
+
+    pub fn info(&mut self, m: impl Into<String>) {
+        self.push(Level::Info, m, None);
+    }
+    pub fn notice(&mut self, m: impl Into<String>) {
+        self.push(Level::Notice, m, None);
+    }
+    pub fn warning(&mut self, m: impl Into<String>) {
+        self.push(Level::Warning, m, None);
+    }
+    pub fn error(&mut self, m: impl Into<String>) {
+        self.push(Level::Error, m, None);
+    }
+
+    /// Writes the gathered lines (and forgets them).
+    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        let mut at = Vec::new();
+        let mut level = Vec::new();
+        let mut message = Vec::new();
+        let mut context = Vec::new();
+        for l in self.lines.drain(..) {
+            at.push(l.at);
+            level.push(l.level.as_str());
+            message.push(l.message);
+            context.push(l.context.unwrap_or(Value::Null));
+        }
+        sqlx::query(
+            "insert into event_log (event_id, at, level, message, context)
+             select $1, a, l, m, nullif(c, 'null'::jsonb)
+             from unnest($2::timestamptz[], $3::text[], $4::text[], $5::jsonb[]) as t(a, l, m, c)",
+        )
+        .bind(self.event_id)
+        .bind(at)
+        .bind(level)
+        .bind(message)
+        .bind(context)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What `begin` found.
+pub enum Begin {
+    /// Go ahead; this is processing attempt `n` (1 for the first).
+    Proceed { attempt: i32 },
+    /// The event already finished with this status (a redelivery after the commit).
+    AlreadyDone(String),
+}
+
+/// Marks the event as being processed, creating its row on the first attempt.
+pub async fn begin(pool: &PgPool, cmd: &SyncV1) -> Result<Begin, sqlx::Error> {
+    let (status, attempts): (String, i32) = sqlx::query_as(
+        "insert into webhook_events (event_id, action, email, status, attempts, received_at)
+         values ($1, $2, $3, 'processing', 1, $4)
+         on conflict (event_id) do update set
+             attempts = webhook_events.attempts + case when webhook_events.status = any($5) then 0 else 1 end,
+             status = case when webhook_events.status = any($5) then webhook_events.status else 'processing' end,
+             updated_at = now()
+         returning status, attempts",
+    )
+    .bind(cmd.event_id)
+    .bind(cmd.action.as_str())
+    .bind(&cmd.contact.email)
+    .bind(cmd.received_at)
+    .bind(&FINAL_STATUSES[..])
+    .fetch_one(pool)
+    .await?;
+    Ok(if FINAL_STATUSES.contains(&status.as_str()) {
+        Begin::AlreadyDone(status)
+    } else {
+        Begin::Proceed { attempt: attempts }
+    })
+}
+
+/// Records the final outcome (inside the transaction that made its effects).
+pub async fn finish(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    status: &str,
+    user_id: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update webhook_events set status = $2, user_id = coalesce($3, user_id), finished_at = now(),
+             last_error = case when $2 = 'rejected' then last_error else null end, updated_at = now()
+         where event_id = $1",
+    )
+    .bind(event_id)
+    .bind(status)
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failure (`retrying` or `dead`) with its reason, and flushes the log lines.
+pub async fn fail(
+    pool: &PgPool,
+    log: &mut EventLog,
+    cmd: Option<&SyncV1>,
+    status: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(cmd) = cmd {
+        sqlx::query(
+            "insert into webhook_events (event_id, action, email, status, attempts, received_at)
+             values ($1, $2, $3, 'processing', 1, $4) on conflict (event_id) do nothing",
+        )
+        .bind(cmd.event_id)
+        .bind(cmd.action.as_str())
+        .bind(&cmd.contact.email)
+        .bind(cmd.received_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "update webhook_events set status = $2, last_error = $3, updated_at = now(),
+             first_failed_at = coalesce(first_failed_at, now()), last_failed_at = now(),
+             finished_at = case when $2 = 'dead' then now() else null end
+         where event_id = $1",
+    )
+    .bind(log.event_id())
+    .bind(status)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    log.flush(&mut tx).await?;
+    tx.commit().await
+}

@@ -1,0 +1,197 @@
+//! The worker: consumes commands, syncs contacts from Customer.io into Postgres, delivers the
+//! outbox, and serves the operator commands (`migrate`, `dlq`, `events`, `outbox`).
+
+#![forbid(unsafe_code)]
+
+pub mod cio;
+pub mod cli;
+pub mod consumer;
+pub mod dlq;
+pub mod events;
+pub mod fieldmap;
+pub mod http;
+pub mod mail;
+pub mod outbox;
+pub mod password;
+pub mod ratelimit;
+pub mod secretbox;
+pub mod settings;
+pub mod sync;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use shared::publisher::Publisher;
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+use crate::{cio::CioClient, consumer::Consumer, mail::Mailer, outbox::Outbox, ratelimit::RateLimiter, sync::SyncCtx};
+
+/// Outbox rows delivered at once by one worker.
+pub const OUTBOX_PARALLEL: usize = 4;
+
+/// Opens the pool, waiting (with a bounded number of tries) for the database to come up.
+pub async fn connect_db(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let mut last = None;
+    for attempt in 0..30 {
+        match PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+        {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                if attempt == 0 {
+                    tracing::warn!("database not reachable yet ({e}); waiting");
+                }
+                last = Some(e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("database unreachable")))
+    .context("connecting to DATABASE_URL")
+}
+
+/// A worker's parts, built from settings and a pool (tests build it with their own pool).
+pub struct Worker {
+    pub ctx: Arc<SyncCtx>,
+    pub consumer: Arc<Consumer>,
+    pub outbox: Arc<Outbox>,
+    pub publisher: Publisher,
+    pub settings: Settings,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let default_known: Option<bool> = sqlx::query_scalar("select protected from roles where name = $1")
+            .bind(&settings.default_role)
+            .fetch_optional(&pool)
+            .await
+            .context("reading roles (has `worker migrate` run?)")?;
+        match default_known {
+            None => anyhow::bail!(
+                "configuration error: DEFAULT_ROLE {} is not a registered role",
+                settings.default_role
+            ),
+            Some(true) => anyhow::bail!(
+                "configuration error: DEFAULT_ROLE {} is a protected role",
+                settings.default_role
+            ),
+            Some(false) => {}
+        }
+        let limiter = Arc::new(RateLimiter::shared(
+            pool.clone(),
+            ratelimit::APP_API_KEY,
+            settings.app_rate_limit,
+        ));
+        let cio = CioClient::new(&settings.cio, limiter)?;
+        let mailer = match &settings.mail {
+            Some(m) => Some(Mailer::new(m)?),
+            None => None,
+        };
+        let wakeup = Arc::new(Notify::new());
+        let ctx = Arc::new(SyncCtx {
+            pool: pool.clone(),
+            cio: cio.clone(),
+            field_map: settings.field_map.clone(),
+            default_role: settings.default_role.clone(),
+            password_length: settings.password_length,
+            password_return: settings.password_return.clone(),
+            mail_enabled: mailer.is_some(),
+            outbox_wakeup: wakeup.clone(),
+        });
+        let publisher = Publisher::new(&settings.amqp, "cio-sync worker (retries)");
+        let consumer = Arc::new(Consumer {
+            ctx: ctx.clone(),
+            amqp: settings.amqp.clone(),
+            publisher: publisher.clone(),
+            concurrency: settings.concurrency,
+            max_attempts: settings.max_attempts,
+            shutdown_grace: settings.shutdown_grace,
+        });
+        let outbox = Arc::new(Outbox {
+            pool,
+            cio,
+            mailer,
+            password_return: settings.password_return.clone(),
+            max_attempts: settings.outbox_max_attempts,
+            wakeup,
+        });
+        Ok(Self {
+            ctx,
+            consumer,
+            outbox,
+            publisher,
+            settings,
+        })
+    }
+
+    /// Runs the consumer and the outbox until `shutdown` is cancelled, then drains.
+    pub async fn run(
+        self,
+        listener: Option<tokio::net::TcpListener>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.settings.mail.is_none() {
+            tracing::warn!("welcome e-mail is off: SMTP_URL is not set");
+        }
+        match &self.settings.password_return {
+            Some(p) => tracing::info!(field = %p.field, "password return is on"),
+            None => tracing::info!("password return is off: RETURN_PASSWORD_FIELD is not set"),
+        }
+        let mut tasks = JoinSet::new();
+        if let Some(l) = listener {
+            let state = http::HealthState {
+                pool: self.ctx.pool.clone(),
+                publisher: self.publisher.clone(),
+            };
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = http::serve(l, state, stop).await {
+                    tracing::error!("worker http server failed: {e}");
+                }
+            });
+            let gauges = http::HealthState {
+                pool: self.ctx.pool.clone(),
+                publisher: self.publisher.clone(),
+            };
+            tasks.spawn(http::refresh_gauges(gauges, shutdown.clone()));
+        }
+        tasks.spawn(self.consumer.clone().run(shutdown.clone()));
+        tasks.spawn(self.outbox.clone().run(OUTBOX_PARALLEL, shutdown.clone()));
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!("worker task failed: {e}");
+            }
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// `worker run`: everything from the environment, until SIGTERM/Ctrl-C.
+pub async fn run_from_env(settings: Settings, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let pool = connect_db(
+        &settings.database_url,
+        (settings.concurrency + OUTBOX_PARALLEL + 4) as u32,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on WORKER_HTTP_ADDR {}", settings.http_addr))?;
+    let worker = Worker::build(settings, pool).await?;
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        signal.await;
+        stop.cancel();
+    });
+    worker.run(Some(listener), token).await
+}

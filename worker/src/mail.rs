@@ -1,0 +1,132 @@
+//! The welcome e-mail (DESIGN §4): sent over SMTP with lettre, from templates with the username
+//! and `LOGIN_URL`, never the password. Templates are built in and can be overridden by files
+//! (`MAIL_SUBJECT`, `MAIL_TEMPLATE_FILE`); placeholders: `{username}`, `{email}`, `{login_url}`.
+
+use lettre::{
+    message::{header::ContentType, Mailbox},
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+};
+use shared::config::{self, ConfigError};
+
+pub const DEFAULT_SUBJECT: &str = "Your account is ready";
+pub const DEFAULT_BODY: &str = "Hello,\n\nan account has been created for you.\n\nUsername: {username}\nLog in here: {login_url}\n\nIf you have not set a password yet, use \"Forgot password\" on that page.\n";
+
+#[derive(Clone, Debug)]
+pub struct Templates {
+    pub subject: String,
+    pub body: String,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self {
+            subject: DEFAULT_SUBJECT.into(),
+            body: DEFAULT_BODY.into(),
+        }
+    }
+}
+
+impl Templates {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut t = Templates::default();
+        if let Some(s) = config::var("MAIL_SUBJECT") {
+            t.subject = s;
+        }
+        if let Some(path) = config::var("MAIL_TEMPLATE_FILE") {
+            t.body = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                var: "MAIL_TEMPLATE_FILE",
+                problem: format!("cannot be read: {e}"),
+            })?;
+        }
+        Ok(t)
+    }
+
+    pub fn render(text: &str, username: &str, email: &str, login_url: &str) -> String {
+        text.replace("{username}", username)
+            .replace("{email}", email)
+            .replace("{login_url}", login_url)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// `smtp://host:port` (plain), `smtp://host:587?tls=required` (STARTTLS) or `smtps://host:465`;
+    /// credentials as `smtp://user:pass@host`. Never logged.
+    pub smtp_url: String,
+    pub from: String,
+    pub login_url: String,
+    pub templates: Templates,
+}
+
+/// Why a send failed; `transient` failures are retried.
+#[derive(Debug, Clone)]
+pub struct MailError {
+    pub transient: bool,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    login_url: String,
+    templates: Templates,
+}
+
+impl Mailer {
+    pub fn new(s: &MailSettings) -> Result<Self, ConfigError> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.smtp_url)
+            .map_err(|_| ConfigError {
+                var: "SMTP_URL",
+                problem: "is not a valid smtp:// or smtps:// URL".into(),
+            })?
+            .timeout(Some(std::time::Duration::from_secs(15)))
+            .build();
+        let from = s.from.parse().map_err(|_| ConfigError {
+            var: "MAIL_FROM",
+            problem: "is not a valid address".into(),
+        })?;
+        Ok(Self {
+            transport,
+            from,
+            login_url: s.login_url.clone(),
+            templates: s.templates.clone(),
+        })
+    }
+
+    pub async fn send_welcome(&self, to: &str, username: &str) -> Result<(), MailError> {
+        let to_box: Mailbox = to.parse().map_err(|_| MailError {
+            transient: false,
+            message: format!("{to} is not a valid recipient"),
+        })?;
+        let subject = Templates::render(&self.templates.subject, username, to, &self.login_url);
+        let body = Templates::render(&self.templates.body, username, to, &self.login_url);
+        let msg = Message::builder()
+            .from(self.from.clone())
+            .to(to_box)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|e| MailError {
+                transient: false,
+                message: format!("building the message: {e}"),
+            })?;
+        self.transport.send(msg).await.map(|_| ()).map_err(|e| MailError {
+            transient: !e.is_permanent(),
+            message: format!("SMTP: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_placeholders_and_never_mention_a_password_value() {
+        let body = Templates::render(DEFAULT_BODY, "jane", "jane@x.io", "https://app.example.com/login");
+        assert!(body.contains("Username: jane"));
+        assert!(body.contains("https://app.example.com/login"));
+        assert!(!body.contains('{'));
+    }
+}

@@ -1,0 +1,260 @@
+//! Delivery of the outbox (DESIGN §1, §4): the password return and the welcome e-mail, written in
+//! the same transaction as the new user and delivered here by any number of workers.
+//!
+//! A row is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that stays open while it
+//! is delivered: two workers never send the same row, and a worker killed mid-delivery drops its
+//! connection, which releases the row for another attempt (nothing lost). Transient failures are
+//! rescheduled with exponential backoff and jitter (a 429's Retry-After wins); a permanent failure
+//! or the last attempt makes the row `dead`, which `worker outbox replay` puts back. The password
+//! is erased from the row once Customer.io has it, and never logged.
+
+use std::{sync::Arc, time::Duration};
+
+use rand::Rng;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{cio::CioClient, mail::Mailer, sync::PasswordReturn};
+
+pub struct Outbox {
+    pub pool: PgPool,
+    pub cio: CioClient,
+    pub mailer: Option<Mailer>,
+    pub password_return: Option<PasswordReturn>,
+    pub max_attempts: i32,
+    pub wakeup: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    kind: String,
+    user_id: i64,
+    event_id: Uuid,
+    recipient: String,
+    secret: Option<Vec<u8>>,
+    attempts: i32,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    Retry { after: Duration, error: String },
+    Dead(String),
+}
+
+/// Backoff before attempt `n + 1`: 2^n seconds (capped at 30 min) with ±25 % jitter.
+pub fn backoff(attempts: i32) -> Duration {
+    let base = 2f64.powi(attempts.clamp(0, 11)).min(1800.0);
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    Duration::from_secs_f64(base * jitter)
+}
+
+impl Outbox {
+    /// Delivers due rows until cancelled; `parallel` loops run at once.
+    pub async fn run(self: Arc<Self>, parallel: usize, shutdown: CancellationToken) {
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..parallel.max(1) {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            loops.spawn(async move { me.run_loop(stop).await });
+        }
+        while loops.join_next().await.is_some() {}
+    }
+
+    async fn run_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.deliver_next().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("outbox: {e}"),
+            }
+            tokio::select! {
+                _ = self.wakeup.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Claims and delivers one due row; `Ok(false)` when none is due.
+    pub async fn deliver_next(&self) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<Row> = sqlx::query_as(
+            "select id, kind, user_id, event_id, recipient, secret, attempts from outbox
+             where status = 'pending' and next_attempt_at <= now()
+             order by next_attempt_at, id limit 1 for update skip locked",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let result = match row.kind.as_str() {
+            "password_return" => self.return_password(&row).await,
+            "welcome_email" => self.send_welcome(&mut tx, &row).await?,
+            other => Delivery::Dead(format!("unknown outbox kind {other}")),
+        };
+        self.record(&mut tx, &row, result).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn return_password(&self, row: &Row) -> Delivery {
+        let Some(pr) = &self.password_return else {
+            return Delivery::Dead("password return is off (RETURN_PASSWORD_FIELD is not set)".into());
+        };
+        let Some(sealed) = &row.secret else {
+            return Delivery::Dead("the generated password is no longer stored".into());
+        };
+        let password = match pr.secrets.open(sealed) {
+            Ok(p) => p,
+            Err(why) => return Delivery::Dead(why.into()),
+        };
+        let mut body = serde_json::Map::new();
+        body.insert(pr.field.clone(), json!(password.expose_secret()));
+        body.insert("_update".into(), json!(true));
+        match self
+            .cio
+            .identify(&row.recipient, &serde_json::Value::Object(body))
+            .await
+        {
+            Ok(()) => Delivery::Sent,
+            Err(e) if e.is_transient() => Delivery::Retry {
+                after: e.retry_after().unwrap_or_else(|| backoff(row.attempts)),
+                error: e.to_string(),
+            },
+            Err(e) => Delivery::Dead(e.to_string()),
+        }
+    }
+
+    async fn send_welcome(&self, tx: &mut Transaction<'_, Postgres>, row: &Row) -> Result<Delivery, sqlx::Error> {
+        let Some(mailer) = &self.mailer else {
+            return Ok(Delivery::Dead("welcome e-mail is off (SMTP_URL is not set)".into()));
+        };
+        let username: Option<String> = sqlx::query_scalar("select username from users where id = $1")
+            .bind(row.user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(username) = username else {
+            return Ok(Delivery::Dead("the user no longer exists".into()));
+        };
+        Ok(match mailer.send_welcome(&row.recipient, &username).await {
+            Ok(()) => Delivery::Sent,
+            Err(e) if e.transient => Delivery::Retry {
+                after: backoff(row.attempts),
+                error: e.message,
+            },
+            Err(e) => Delivery::Dead(e.message),
+        })
+    }
+
+    async fn record(&self, tx: &mut Transaction<'_, Postgres>, row: &Row, result: Delivery) -> Result<(), sqlx::Error> {
+        let attempts = row.attempts + 1;
+        let what = if row.kind == "password_return" {
+            "the generated password to Customer.io"
+        } else {
+            "the welcome e-mail"
+        };
+        let (level, message) = match &result {
+            Delivery::Sent => {
+                sqlx::query(
+                    "update outbox set status = 'sent', secret = null, attempts = $2, last_error = null,
+                         sent_at = now(), updated_at = now() where id = $1",
+                )
+                .bind(row.id)
+                .bind(attempts)
+                .execute(&mut **tx)
+                .await?;
+                let m = if row.kind == "password_return" {
+                    "Returned generated password to Customer.io".to_string()
+                } else {
+                    format!("Sent the welcome e-mail to {}", row.recipient)
+                };
+                ("info", m)
+            }
+            Delivery::Retry { after, error } if attempts < self.max_attempts => {
+                sqlx::query(
+                    "update outbox set attempts = $2, last_error = $3, updated_at = now(),
+                         next_attempt_at = now() + make_interval(secs => $4) where id = $1",
+                )
+                .bind(row.id)
+                .bind(attempts)
+                .bind(error)
+                .bind(after.as_secs_f64())
+                .execute(&mut **tx)
+                .await?;
+                (
+                    "warning",
+                    format!(
+                        "Could not send {what} (attempt {attempts} of {}): {error}; retrying in {}s",
+                        self.max_attempts,
+                        after.as_secs().max(1)
+                    ),
+                )
+            }
+            Delivery::Retry { error, .. } | Delivery::Dead(error) => {
+                sqlx::query("update outbox set status = 'dead', attempts = $2, last_error = $3, updated_at = now() where id = $1")
+                    .bind(row.id)
+                    .bind(attempts)
+                    .bind(error)
+                    .execute(&mut **tx)
+                    .await?;
+                ("error", format!(
+                    "Gave up sending {what} after {attempts} attempt(s): {error}. Fix the cause, then run `worker outbox replay {}`",
+                    row.id
+                ))
+            }
+        };
+        match level {
+            "info" => tracing::info!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            "warning" => tracing::warn!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            _ => tracing::error!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+        }
+        sqlx::query("insert into event_log (event_id, level, message) values ($1, $2, $3)")
+            .bind(row.event_id)
+            .bind(level)
+            .bind(&message)
+            .execute(&mut **tx)
+            .await?;
+        metrics::counter!("cio_outbox_deliveries_total", "kind" => row.kind.clone(), "result" => match result {
+            Delivery::Sent => "sent",
+            Delivery::Retry { .. } if attempts < self.max_attempts => "retry",
+            _ => "dead",
+        })
+        .increment(1);
+        Ok(())
+    }
+}
+
+/// Puts dead rows back to pending (all of them, or the given ids); returns how many.
+pub async fn replay(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "update outbox set status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+         where status = 'dead' and (cardinality($1::bigint[]) = 0 or id = any($1))",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for n in 0..20 {
+            let d = backoff(n).as_secs_f64();
+            let base = 2f64.powi(n.min(11)).min(1800.0);
+            assert!(d >= base * 0.75 && d <= base * 1.25, "{n}: {d}");
+        }
+    }
+}

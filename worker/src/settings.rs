@@ -1,0 +1,138 @@
+//! The worker's configuration (DESIGN §6), read once at start. `worker run` needs all of it;
+//! the operator commands (`migrate`, `dlq`, `events`) need only the database and the broker.
+
+use std::{net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+use shared::config::{self, AmqpSettings, ConfigError};
+
+use crate::{
+    cio::CioSettings,
+    fieldmap::FieldMap,
+    mail::{MailSettings, Templates},
+    secretbox::SecretBox,
+    sync::PasswordReturn,
+};
+
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub amqp: AmqpSettings,
+    pub cio: CioSettings,
+    /// App API requests/s shared by all workers.
+    pub app_rate_limit: f64,
+    /// Commands processed at once by this worker (also the AMQP prefetch).
+    pub concurrency: usize,
+    /// Attempts of one command before it is parked in the dead-letter queue.
+    pub max_attempts: u32,
+    pub password_return: Option<PasswordReturn>,
+    pub mail: Option<MailSettings>,
+    pub default_role: String,
+    pub password_length: usize,
+    pub field_map: FieldMap,
+    pub log_format: String,
+    pub shutdown_grace: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// Attempts of one outbox row (password return, welcome e-mail) before it is `dead`.
+    pub outbox_max_attempts: i32,
+}
+
+fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let region = config::or_default("CIO_REGION", "us").to_ascii_lowercase();
+        let (app_default, track_default) =
+            CioSettings::region_urls(&region).ok_or_else(|| invalid("CIO_REGION", "must be us or eu"))?;
+        let url = |var: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = config::or_default(var, default);
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(v)
+            } else {
+                Err(invalid(var, "must be a URL like https://host"))
+            }
+        };
+        let app_api_key = config::required("CIO_APP_API_KEY")?;
+        let site_id = config::var("CIO_SITE_ID");
+        let track_api_key = config::var("CIO_TRACK_API_KEY").map(SecretString::from);
+        let cio = CioSettings {
+            app_url: url("CIO_APP_API_URL", app_default)?,
+            track_url: url("CIO_TRACK_API_URL", track_default)?,
+            app_api_key: SecretString::from(app_api_key),
+            site_id: site_id.clone(),
+            track_api_key: track_api_key.clone(),
+            timeout: config::seconds_or("CIO_TIMEOUT_SECS", Duration::from_secs(10))?,
+        };
+        let app_rate_limit: f64 = config::parse_or("CIO_APP_RATE_LIMIT", 10.0)?;
+        if !(app_rate_limit > 0.0 && app_rate_limit.is_finite()) {
+            return Err(invalid(
+                "CIO_APP_RATE_LIMIT",
+                "must be a positive number of requests per second",
+            ));
+        }
+        let concurrency: usize = config::parse_or("WORKER_CONCURRENCY", 16)?;
+        if !(1..=1000).contains(&concurrency) {
+            return Err(invalid("WORKER_CONCURRENCY", "must be between 1 and 1000"));
+        }
+        let password_return = match config::var("RETURN_PASSWORD_FIELD") {
+            None => None,
+            Some(field) => {
+                let key = config::required("SECRETS_KEY")?;
+                let secrets = SecretBox::from_base64(&key).map_err(|p| invalid("SECRETS_KEY", p))?;
+                if site_id.is_none() {
+                    return Err(invalid("CIO_SITE_ID", "is required when RETURN_PASSWORD_FIELD is set"));
+                }
+                if track_api_key.is_none() {
+                    return Err(invalid(
+                        "CIO_TRACK_API_KEY",
+                        "is required when RETURN_PASSWORD_FIELD is set",
+                    ));
+                }
+                Some(PasswordReturn { field, secrets })
+            }
+        };
+        let mail = match config::var("SMTP_URL") {
+            None => None,
+            Some(smtp_url) => Some(MailSettings {
+                smtp_url,
+                from: config::required("MAIL_FROM")?,
+                login_url: config::required("LOGIN_URL")?,
+                templates: Templates::from_env()?,
+            }),
+        };
+        let password_length: usize = config::parse_or("PASSWORD_LENGTH", 20)?;
+        if !(16..=128).contains(&password_length) {
+            return Err(invalid("PASSWORD_LENGTH", "must be between 16 and 128"));
+        }
+        let field_map = match config::var("FIELD_MAP_FILE") {
+            None => FieldMap::default(),
+            Some(path) => FieldMap::load(&path).map_err(|p| invalid("FIELD_MAP_FILE", p))?,
+        };
+        let http_addr = config::or_default("WORKER_HTTP_ADDR", "0.0.0.0:9091")
+            .parse()
+            .map_err(|_| invalid("WORKER_HTTP_ADDR", "must be an address like 0.0.0.0:9091"))?;
+        Ok(Self {
+            database_url: config::database_url()?,
+            amqp: AmqpSettings::from_env()?,
+            cio,
+            app_rate_limit,
+            concurrency,
+            max_attempts: config::parse_or("RETRY_MAX_ATTEMPTS", 10)?,
+            password_return,
+            mail,
+            default_role: config::or_default("DEFAULT_ROLE", "subscriber"),
+            password_length,
+            field_map,
+            log_format: shared::telemetry::format_from_env()?,
+            shutdown_grace: config::seconds_or("SHUTDOWN_GRACE_SECS", Duration::from_secs(30))?,
+            http_addr,
+            outbox_max_attempts: config::parse_or("OUTBOX_MAX_ATTEMPTS", 8)?,
+        })
+    }
+}
