@@ -139,7 +139,7 @@ async fn bad_keys_are_403_and_bad_requests_are_400_naming_the_problem() {
     }
     let k = format!("access_key={ACCESS_KEY}");
     let cases = [
-        (format!("{k}"), body, "wpf_action is missing"),
+        (k.clone(), body, "wpf_action is missing"),
         (format!("{k}&wpf_action=delete"), body, "unknown wpf_action"),
         (format!("{k}&wpf_action=add"), "{not json", "not valid JSON"),
         (format!("{k}&wpf_action=add"), "[]", "JSON object"),
