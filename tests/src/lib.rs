@@ -2,6 +2,7 @@
 //! Postgres database and AMQP namespace on the machine's real services (never mocks of them).
 
 pub mod env;
+pub mod procs;
 pub mod sim;
 pub mod wait;
 

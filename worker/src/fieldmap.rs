@@ -62,6 +62,8 @@ pub struct FieldMap {
 pub struct Mapped {
     pub fields: BTreeMap<UserField, String>,
     pub meta: BTreeMap<String, String>,
+    /// `(Customer.io attribute, value)` of every mapped value but the password, for the event log.
+    pub loaded: Vec<(String, String)>,
 }
 
 impl Mapped {

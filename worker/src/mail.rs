@@ -41,10 +41,30 @@ impl Templates {
         Ok(t)
     }
 
+    /// Fills the placeholders in one pass: a value that itself looks like a placeholder (a
+    /// username `{login_url}`) is inserted as is, never expanded again.
     pub fn render(text: &str, username: &str, email: &str, login_url: &str) -> String {
-        text.replace("{username}", username)
-            .replace("{email}", email)
-            .replace("{login_url}", login_url)
+        let mut out = String::with_capacity(text.len() + 64);
+        let mut rest = text;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            let hit = [("{username}", username), ("{email}", email), ("{login_url}", login_url)]
+                .into_iter()
+                .find(|(p, _)| tail.starts_with(p));
+            match hit {
+                Some((p, value)) => {
+                    out.push_str(value);
+                    rest = &tail[p.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -112,7 +132,9 @@ impl Mailer {
                 message: format!("building the message: {e}"),
             })?;
         self.transport.send(msg).await.map(|_| ()).map_err(|e| MailError {
-            transient: !e.is_permanent(),
+            // 5xx replies and messages the client cannot send are final; 4xx replies, timeouts,
+            // connection and TLS trouble are worth another try.
+            transient: !(e.is_permanent() || e.is_client()),
             message: format!("SMTP: {e}"),
         })
     }
@@ -128,5 +150,15 @@ mod tests {
         assert!(body.contains("Username: jane"));
         assert!(body.contains("https://app.example.com/login"));
         assert!(!body.contains('{'));
+    }
+
+    #[test]
+    fn values_are_not_expanded_again() {
+        let t = "Hi {username}, go to {login_url} ({email}) {unknown} {";
+        let out = Templates::render(t, "{login_url}", "a{username}@x.io", "https://l/{email}");
+        assert_eq!(
+            out,
+            "Hi {login_url}, go to https://l/{email} (a{username}@x.io) {unknown} {"
+        );
     }
 }

@@ -7,6 +7,15 @@
 //! rescheduled with exponential backoff and jitter (a 429's Retry-After wins); a permanent failure
 //! or the last attempt makes the row `dead`, which `worker outbox replay` puts back. The password
 //! is erased from the row once Customer.io has it, and never logged.
+//!
+//! Delivery is at least once: a worker killed after Customer.io (or the SMTP server) accepted a
+//! row but before its commit leaves the row pending, and another worker sends it again. For the
+//! password return that resend carries the same sealed password (a new one is never generated),
+//! so Customer.io ends up with the one password that verifies against the user's hash.
+//!
+//! Times written here use `clock_timestamp()`, not `now()`: `now()` is the start of the claiming
+//! transaction, i.e. before a delivery that may have taken a whole timeout, and a backoff
+//! counted from there would already have run out when the row is rescheduled.
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,6 +64,22 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_secs_f64(base * jitter)
 }
 
+/// The wait before the next attempt: the backoff, but never less than the server's Retry-After.
+pub fn retry_delay(attempts: i32, retry_after: Option<Duration>) -> Duration {
+    let b = backoff(attempts);
+    retry_after.map_or(b, |r| r.max(b))
+}
+
+/// Error texts come from the remote side; make sure none of them can carry the password into
+/// `last_error`, the event log or the process log.
+fn redact(text: String, secret: &str) -> String {
+    if secret.is_empty() || !text.contains(secret) {
+        text
+    } else {
+        text.replace(secret, "[redacted]")
+    }
+}
+
 impl Outbox {
     /// Delivers due rows until cancelled; `parallel` loops run at once.
     pub async fn run(self: Arc<Self>, parallel: usize, shutdown: CancellationToken) {
@@ -69,13 +94,18 @@ impl Outbox {
 
     async fn run_loop(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            // Listen before looking, so that a commit that queues a row while this loop finds
+            // nothing due still wakes it (instead of waiting for the next poll).
+            let notified = self.wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             match self.deliver_next().await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("outbox: {e}"),
             }
             tokio::select! {
-                _ = self.wakeup.notified() => {}
+                _ = notified => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.cancelled() => {}
             }
@@ -120,17 +150,17 @@ impl Outbox {
         let mut body = serde_json::Map::new();
         body.insert(pr.field.clone(), json!(password.expose_secret()));
         body.insert("_update".into(), json!(true));
-        match self
+        let result = self
             .cio
             .identify(&row.recipient, &serde_json::Value::Object(body))
-            .await
-        {
+            .await;
+        match result {
             Ok(()) => Delivery::Sent,
             Err(e) if e.is_transient() => Delivery::Retry {
-                after: e.retry_after().unwrap_or_else(|| backoff(row.attempts)),
-                error: e.to_string(),
+                after: retry_delay(row.attempts, e.retry_after()),
+                error: redact(e.to_string(), password.expose_secret()),
             },
-            Err(e) => Delivery::Dead(e.to_string()),
+            Err(e) => Delivery::Dead(redact(e.to_string(), password.expose_secret())),
         }
     }
 
@@ -166,7 +196,7 @@ impl Outbox {
             Delivery::Sent => {
                 sqlx::query(
                     "update outbox set status = 'sent', secret = null, attempts = $2, last_error = null,
-                         sent_at = now(), updated_at = now() where id = $1",
+                         sent_at = clock_timestamp(), updated_at = clock_timestamp() where id = $1",
                 )
                 .bind(row.id)
                 .bind(attempts)
@@ -181,8 +211,8 @@ impl Outbox {
             }
             Delivery::Retry { after, error } if attempts < self.max_attempts => {
                 sqlx::query(
-                    "update outbox set attempts = $2, last_error = $3, updated_at = now(),
-                         next_attempt_at = now() + make_interval(secs => $4) where id = $1",
+                    "update outbox set attempts = $2, last_error = $3, updated_at = clock_timestamp(),
+                         next_attempt_at = clock_timestamp() + make_interval(secs => $4) where id = $1",
                 )
                 .bind(row.id)
                 .bind(attempts)
@@ -200,16 +230,27 @@ impl Outbox {
                 )
             }
             Delivery::Retry { error, .. } | Delivery::Dead(error) => {
-                sqlx::query("update outbox set status = 'dead', attempts = $2, last_error = $3, updated_at = now() where id = $1")
-                    .bind(row.id)
-                    .bind(attempts)
-                    .bind(error)
-                    .execute(&mut **tx)
-                    .await?;
-                ("error", format!(
-                    "Gave up sending {what} after {attempts} attempt(s): {error}. Fix the cause, then run `worker outbox replay {}`",
-                    row.id
-                ))
+                sqlx::query(
+                    "update outbox set status = 'dead', attempts = $2, last_error = $3,
+                         updated_at = clock_timestamp() where id = $1",
+                )
+                .bind(row.id)
+                .bind(attempts)
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+                let why = if matches!(result, Delivery::Dead(_)) {
+                    format!("Could not send {what}: {error}. This is not retried automatically")
+                } else {
+                    format!("Gave up sending {what} after {attempts} attempts: {error}")
+                };
+                (
+                    "error",
+                    format!(
+                        "{why}; outbox row #{} is dead. Fix the cause, then run `worker outbox replay {}`",
+                        row.id, row.id
+                    ),
+                )
             }
         };
         match level {
@@ -217,7 +258,7 @@ impl Outbox {
             "warning" => tracing::warn!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
             _ => tracing::error!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
         }
-        sqlx::query("insert into event_log (event_id, level, message) values ($1, $2, $3)")
+        sqlx::query("insert into event_log (event_id, at, level, message) values ($1, clock_timestamp(), $2, $3)")
             .bind(row.event_id)
             .bind(level)
             .bind(&message)
@@ -247,7 +288,32 @@ pub async fn replay(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, redact, retry_delay};
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_is_a_floor_on_the_backoff() {
+        for _ in 0..50 {
+            assert!(retry_delay(0, Some(Duration::from_secs(30))) == Duration::from_secs(30));
+            let d = retry_delay(3, Some(Duration::from_secs(1)));
+            assert!(d >= Duration::from_secs(6) && d <= Duration::from_secs(10), "{d:?}");
+            let d = retry_delay(0, None);
+            assert!(
+                d >= Duration::from_millis(750) && d <= Duration::from_millis(1250),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn remote_error_texts_never_carry_the_password() {
+        let e = "Customer.io rejected the request (400): value Xy7secretZ is not allowed".to_string();
+        assert_eq!(
+            redact(e, "Xy7secretZ"),
+            "Customer.io rejected the request (400): value [redacted] is not allowed"
+        );
+        assert_eq!(redact("plain".into(), ""), "plain");
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -202,22 +202,11 @@ async fn update_tags(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<
     })
 }
 
-/// A readable summary of the mapped fields for the event log, never including a password.
+/// A readable summary of the mapped attributes for the event log (the password is never in it).
 fn describe(mapped: &Mapped) -> (String, serde_json::Value) {
-    let mut parts = Vec::new();
-    let mut ctx = serde_json::Map::new();
-    for (f, v) in &mapped.fields {
-        if *f == UserField::UserPass {
-            continue;
-        }
-        let name = format!("{f:?}");
-        parts.push(format!("{name}: {v}"));
-        ctx.insert(name, json!(v));
-    }
-    for (k, v) in &mapped.meta {
-        parts.push(format!("{k}: {v}"));
-        ctx.insert(k.clone(), json!(v));
-    }
+    let parts: Vec<String> = mapped.loaded.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let ctx: serde_json::Map<String, serde_json::Value> =
+        mapped.loaded.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let text = if parts.is_empty() {
         "no mapped fields".to_string()
     } else {

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Starts the whole cio-sync system on this machine: PostgreSQL and RabbitMQ (started or installed
+# when needed), the migrations, the ingress and two workers — and, when no Customer.io credentials
+# are set, the Customer.io simulator seeded with demo contacts. Ends with a curl that works.
+#
+# Configuration is the environment of DESIGN §6 (see the README); state lives in .run/.
+# Stop everything with deploy/local/stop.sh.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+. deploy/local/services.sh
+
+PROFILE=${PROFILE:-release}
+RUN="$ROOT/.run"
+mkdir -p "$RUN"
+
+ensure_services
+
+say "building cio-sync ($PROFILE)"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --quiet --bin ingress --bin worker --bin cio-sim
+else
+  cargo build --quiet --bin ingress --bin worker --bin cio-sim
+fi
+BIN="$ROOT/target/$PROFILE"
+
+"$ROOT/deploy/local/stop.sh" --quiet || true
+
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/cio_sync}
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f}
+export AMQP_NAMESPACE=${AMQP_NAMESPACE:-cio_sync}
+export LOG_FORMAT=${LOG_FORMAT:-text}
+
+# The database itself (the migrations need it to exist).
+db_name=${DATABASE_URL##*/}
+db_name=${db_name%%\?*}
+server_url=${DATABASE_URL%/*}
+if command -v psql >/dev/null 2>&1; then
+  if ! psql "$server_url/postgres" -Atqc "select 1 from pg_database where datname = '$db_name'" | grep -q 1; then
+    say "creating database $db_name"
+    psql "$server_url/postgres" -qc "create database \"$db_name\"" >/dev/null
+  fi
+fi
+say "applying migrations"
+"$BIN/worker" migrate
+
+# An access key for this machine, kept across restarts.
+if [ -z "${ACCESS_KEYS:-}" ]; then
+  [ -s "$RUN/access_key" ] || head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 > "$RUN/access_key"
+  export ACCESS_KEYS=$(cat "$RUN/access_key")
+fi
+KEY=${ACCESS_KEYS%%,*}
+
+if [ -z "${CIO_APP_API_KEY:-}" ]; then
+  SIM_ADDR=${SIM_ADDR:-127.0.0.1:9090}
+  export CIO_APP_API_KEY=sim-app-key CIO_SITE_ID=sim-site CIO_TRACK_API_KEY=sim-track-key
+  export CIO_APP_API_URL="http://$SIM_ADDR" CIO_TRACK_API_URL="http://$SIM_ADDR"
+  say "no CIO_APP_API_KEY set: starting the Customer.io simulator on $SIM_ADDR with demo contacts"
+  nohup "$BIN/cio-sim" --addr "$SIM_ADDR" --seed-demo > "$RUN/cio-sim.log" 2>&1 &
+  echo $! > "$RUN/cio-sim.pid"
+  wait_port "Customer.io simulator" "${SIM_ADDR%:*}" "${SIM_ADDR##*:}" 30
+fi
+
+export INGRESS_ADDR=${INGRESS_ADDR:-127.0.0.1:8080}
+say "starting the ingress on $INGRESS_ADDR"
+nohup "$BIN/ingress" > "$RUN/ingress.log" 2>&1 &
+echo $! > "$RUN/ingress.pid"
+
+for i in 1 2; do
+  say "starting worker $i"
+  WORKER_HTTP_ADDR=127.0.0.1:$((9090 + i + 1)) nohup "$BIN/worker" run > "$RUN/worker-$i.log" 2>&1 &
+  echo $! > "$RUN/worker-$i.pid"
+done
+
+URL="http://$INGRESS_ADDR"
+for _ in $(seq 60); do
+  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
+  sleep 1
+done
+curl -fsS "$URL/readyz" >/dev/null || { echo "the ingress did not become ready; see $RUN/ingress.log" >&2; exit 1; }
+for i in 1 2; do
+  for _ in $(seq 60); do
+    curl -fsS "http://127.0.0.1:$((9090 + i + 1))/readyz" >/dev/null 2>&1 && break
+    sleep 1
+  done
+  curl -fsS "http://127.0.0.1:$((9090 + i + 1))/readyz" >/dev/null || { echo "worker $i did not become ready; see $RUN/worker-$i.log" >&2; exit 1; }
+done
+curl -fsS "$URL/?wpf_action=test&access_key=$KEY" | grep -q '"success":true' || { echo "the test webhook failed" >&2; exit 1; }
+
+cat <<MSG
+
+cio-sync is running: ingress $URL, workers on 127.0.0.1:9092 and :9093 (metrics, health).
+Logs: $RUN/*.log — stop with deploy/local/stop.sh
+
+Create a user from the demo contact jane@example.com, as a Customer.io journey would:
+
+  curl -X POST '$URL/?wpf_action=add&access_key=$KEY&send_notification=true' \\
+       -H 'Content-Type: application/json' -d '{"email": "jane@example.com"}'
+
+Then see what happened (use the event_id from the answer):
+
+  DATABASE_URL=$DATABASE_URL $BIN/worker events show <event_id>
+MSG

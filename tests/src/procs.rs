@@ -1,0 +1,90 @@
+//! Running the real `ingress` and `worker` binaries as child processes (end-to-end tests, crash
+//! tests). Output is captured to files so that tests can check what the processes logged.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// The directory holding the workspace's binaries (`target/debug` next to the test binary).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    for b in ["ingress", "worker"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the binaries first (`cargo build --workspace`), as deploy/local/test.sh does",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running child process whose output goes to a temp file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
+        let log = std::env::temp_dir().join(format!("cio-sync-{bin}-{}.log", uuid::Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(bin_dir().join(bin));
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env_clear();
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().expect("spawn binary"),
+            log,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("-TERM");
+        self.wait_exit(timeout)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
