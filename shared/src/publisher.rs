@@ -72,7 +72,7 @@ impl Publisher {
             url: amqp.url.as_str().into(),
             names: Names::new(&amqp.namespace),
             timeout: amqp.publish_timeout,
-            name: connection_name.into(),
+            name: format!("{connection_name} [{}]", amqp.namespace).into(),
             state: Arc::new(Mutex::new(State {
                 link: None,
                 last_failure: None,

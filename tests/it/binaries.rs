@@ -5,24 +5,11 @@ use std::time::Duration;
 use serde_json::json;
 use testkit::{
     env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, Proc},
+    procs::{free_port, worker_env, Proc},
     TestEnv,
 };
 
-fn worker_env(env: &TestEnv) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", env.database_url.clone()),
-        ("AMQP_URL", amqp_url()),
-        ("AMQP_NAMESPACE", env.namespace.clone()),
-        ("CIO_APP_API_KEY", "sim-app-key".into()),
-        ("CIO_APP_API_URL", env.sim_url()),
-        ("CIO_TRACK_API_URL", env.sim_url()),
-        ("WORKER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("SHUTDOWN_GRACE_SECS", "5".into()),
-    ]
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn real_binaries_turn_a_webhook_into_a_user_and_stop_cleanly() {
     let env = TestEnv::new().await;
     env.simh.add_person("bin@example.com", json!({"First Name": "Bin"}));

@@ -2,6 +2,9 @@
 
 mod actions;
 mod binaries;
+mod faults;
+mod fuzz;
 mod ingress;
+mod outbox;
 mod pipeline;
 mod simulator;

@@ -1,9 +1,11 @@
 //! Test kit for cio-sync: the Customer.io simulator, and the harness that gives each test its own
 //! Postgres database and AMQP namespace on the machine's real services (never mocks of them).
 
+pub mod broker;
 pub mod env;
 pub mod procs;
 pub mod sim;
+pub mod smtp;
 pub mod wait;
 
 pub use env::TestEnv;

@@ -88,3 +88,35 @@ impl Drop for Proc {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// The environment of a `worker run` process pointed at a test environment.
+pub fn worker_env(env: &crate::TestEnv) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", env.database_url.clone()),
+        ("AMQP_URL", crate::env::amqp_url()),
+        ("AMQP_NAMESPACE", env.namespace.clone()),
+        ("CIO_APP_API_KEY", "sim-app-key".into()),
+        ("CIO_SITE_ID", "sim-site".into()),
+        ("CIO_TRACK_API_KEY", "sim-track-key".into()),
+        ("CIO_APP_API_URL", env.sim_url()),
+        ("CIO_TRACK_API_URL", env.sim_url()),
+        ("WORKER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("SHUTDOWN_GRACE_SECS", "10".into()),
+    ]
+}
+
+/// Runs `worker <args>` (an operator command) against a test environment; returns (code, stdout+stderr).
+pub fn worker_cmd(env: &crate::TestEnv, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin_dir().join("worker"))
+        .args(args)
+        .env_clear()
+        .envs(worker_env(env))
+        .output()
+        .expect("run worker");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

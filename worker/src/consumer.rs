@@ -106,7 +106,8 @@ impl Consumer {
 
     async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let names = Names::new(&self.amqp.namespace);
-        let props = ConnectionProperties::default().with_connection_name("cio-sync worker".into());
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("cio-sync worker [{}]", self.amqp.namespace).into());
         let conn = Connection::connect(&self.amqp.url, props).await?;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, &names).await?;
