@@ -557,6 +557,13 @@ def cmd_dockerfile(dockerfile: Path, root: Path) -> None:
     build = " ".join(a for o, a in stages.get("builder", []) if o == "RUN")
     want = "cargo build --release --locked -p ingress -p worker -p cio-sync-tests --bin ingress --bin worker --bin cio-sim"
     check(re.sub(r"\s+", " ", want) in re.sub(r"\s+", " ", build), "builder runs " + want)
+    cooks = [part for o, a in stages.get("builder", []) if o == "RUN"
+             for part in a.split("&&") if "cargo chef cook" in part]
+    if check(len(cooks) == 1, "builder caches dependencies with one `cargo chef cook`"):
+        def sel(cmd: str) -> list[str]:
+            return sorted(re.findall(r"(?:-p|--bin)\s+\S+", cmd))
+        check(sel(cooks[0]) == sel(want), "cargo chef cook selects the same packages and binaries",
+              str(sel(cooks[0])))
 
     # COPY sources must exist in the repository and pass the build-context filter.
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")

@@ -97,7 +97,17 @@ async fn storms_of_429s_5xx_and_timeouts_all_complete_after_recovery() {
     env.start_worker(s).await;
     let ids = join_all(emails.iter().map(|e| send(&url, "wpf_action=add", e))).await;
     for id in &ids {
-        wait_status(&env, id, "succeeded", Duration::from_secs(60)).await;
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            wait_status(&env, id, "succeeded", Duration::from_secs(60)),
+        )
+        .await;
+        assert!(
+            done.is_ok(),
+            "event {id}: {:?} {:?}",
+            env.event_status(id).await,
+            env.event_log(id).await
+        );
     }
     let retried: i64 = sqlx::query_scalar("select count(*) from webhook_events where attempts > 1")
         .fetch_one(&env.pool)

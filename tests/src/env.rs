@@ -129,6 +129,8 @@ impl TestEnv {
             app_rate_limit: 10.0,
             concurrency: 8,
             max_attempts: 10,
+            batch_size: 100,
+            batch_wait: Duration::from_millis(20),
             password_return: None,
             mail: None,
             default_role: "subscriber".into(),

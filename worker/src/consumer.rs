@@ -15,7 +15,7 @@ use lapin::{
     BasicProperties, Connection, ConnectionProperties,
 };
 use shared::{
-    command::Command,
+    command::SyncV1,
     config::AmqpSettings,
     headers,
     publisher::Publisher,
@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::{
     events::{self, EventLog},
-    sync::{self, Failure, SyncCtx},
+    sync::{Failure, Outcome, SyncCtx},
 };
 
 pub struct Consumer {
@@ -37,6 +37,10 @@ pub struct Consumer {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub shutdown_grace: Duration,
+    /// Most commands taken together when they queue up (batched Customer.io reads).
+    pub batch_size: usize,
+    /// How long the first command of a batch waits for company.
+    pub batch_wait: Duration,
 }
 
 /// Reads an integer header.
@@ -111,11 +115,9 @@ impl Consumer {
         let conn = Connection::connect(&self.amqp.url, props).await?;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, &names).await?;
-        ch.basic_qos(
-            self.concurrency.min(u16::MAX as usize) as u16,
-            BasicQosOptions::default(),
-        )
-        .await?;
+        // Room for a full batch besides the commands being processed one by one.
+        let prefetch = (self.concurrency + self.batch_size).min(u16::MAX as usize) as u16;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("worker-{}", uuid::Uuid::new_v4());
         let mut consumer = ch
             .basic_consume(
@@ -125,10 +127,18 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(queue = %names.commands_queue(), concurrency = self.concurrency, "consuming commands");
+        tracing::info!(queue = %names.commands_queue(), concurrency = self.concurrency, prefetch, "consuming commands");
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
+        let mut pending: Vec<Delivery> = Vec::new();
+        let mut due: Option<tokio::time::Instant> = None;
         let result = loop {
+            let flush = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -136,19 +146,26 @@ impl Consumer {
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-                        let me = self.clone();
-                        tasks.spawn(async move {
-                            me.process(delivery).await;
-                            drop(permit);
-                        });
+                        pending.push(delivery);
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_wait);
+                        if pending.len() >= self.batch_size {
+                            self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
+                            due = None;
+                        }
                     }
                     Some(Err(e)) => break Err(anyhow::anyhow!(e)),
                     None => break Err(anyhow::anyhow!("the broker closed the consumer")),
                 },
+                _ = flush => {
+                    self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
+                    due = None;
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
+        if !pending.is_empty() {
+            self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
+        }
         // Finish what we hold; whatever is still running after the grace period is returned to
         // the queue when the connection closes (it was never acked).
         let drained = tokio::time::timeout(self.shutdown_grace, async {
@@ -166,29 +183,39 @@ impl Consumer {
         result
     }
 
-    /// Processes and settles one delivery. Never panics the consume loop.
-    async fn process(&self, delivery: Delivery) {
-        let attempts_before = header_int(&delivery.properties, headers::ATTEMPTS).unwrap_or(0).max(0) as u32;
-        let cmd = match Command::decode(&delivery.data) {
-            Ok(Command::SyncV1(c)) => c,
-            Err(reason) => {
-                tracing::error!(%reason, "dead-lettering a message that is not a command");
-                self.dead_letter(&delivery, attempts_before + 1, &reason).await;
-                return;
-            }
-        };
+    fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>, batch: Vec<Delivery>, permits: &Arc<Semaphore>) {
+        if batch.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let permits = permits.clone();
+        tasks.spawn(async move { crate::batch::process(me, batch, permits).await });
+    }
+
+    /// Attempts made before this delivery (from its header).
+    pub fn attempts_before(delivery: &Delivery) -> u32 {
+        header_int(&delivery.properties, headers::ATTEMPTS).unwrap_or(0).max(0) as u32
+    }
+
+    /// Settles a processed delivery: ack on an outcome; on a transient failure, re-publish to a
+    /// retry tier (confirmed) then ack; else dead-letter with the reason.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        cmd: &SyncV1,
+        log: &mut EventLog,
+        result: Result<Outcome, Failure>,
+    ) {
         let span = tracing::info_span!("command", event_id = %cmd.event_id, action = %cmd.action);
         async {
-            let mut log = EventLog::new(cmd.event_id);
-            let result = sync::handle(&self.ctx, &cmd, &mut log).await;
-            let attempt = attempts_before + 1;
+            let attempt = Self::attempts_before(delivery) + 1;
             match result {
                 Ok(outcome) => {
-                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => outcome.status().to_string())
-                        .increment(1);
+                    let label = if matches!(outcome, Outcome::Satisfied { .. }) { "coalesced".to_string() } else { outcome.status().to_string() };
+                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => label).increment(1);
                     let lag = (Utc::now() - cmd.received_at).to_std().unwrap_or_default();
                     metrics::histogram!("cio_worker_lag_seconds", "action" => cmd.action.as_str()).record(lag.as_secs_f64());
-                    ack(&delivery).await;
+                    ack(delivery).await;
                 }
                 Err(Failure::Transient { reason, retry_after }) if attempt < self.max_attempts => {
                     // A 429's Retry-After is a floor; the tiers still grow so that a long storm backs off.
@@ -199,17 +226,17 @@ impl Consumer {
                         tier_delay.as_secs(),
                         self.max_attempts
                     ));
-                    if let Err(e) = events::fail(&self.ctx.pool, &mut log, Some(&cmd), "retrying", &reason).await {
+                    if let Err(e) = events::fail(&self.ctx.pool, log, Some(cmd), "retrying", &reason).await {
                         tracing::warn!("could not record the failure in the database: {e}");
                     }
                     metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "retrying").increment(1);
                     let props = failure_properties(&delivery.properties, attempt, &reason);
                     let names = self.publisher.names();
                     match self.publisher.publish(&names.retry_exchange(), tier, &delivery.data, props).await {
-                        Ok(()) => ack(&delivery).await,
+                        Ok(()) => ack(delivery).await,
                         Err(e) => {
                             tracing::error!("could not schedule the retry ({e}); returning the command to the queue");
-                            requeue(&delivery).await;
+                            requeue(delivery).await;
                         }
                     }
                 }
@@ -222,11 +249,11 @@ impl Consumer {
                         "{reason}. The command is parked in the dead-letter queue; fix the cause, then `worker dlq replay {}`",
                         cmd.event_id
                     ));
-                    if let Err(e) = events::fail(&self.ctx.pool, &mut log, Some(&cmd), "dead", &reason).await {
+                    if let Err(e) = events::fail(&self.ctx.pool, log, Some(cmd), "dead", &reason).await {
                         tracing::warn!("could not record the failure in the database: {e}");
                     }
                     metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "dead").increment(1);
-                    self.dead_letter(&delivery, attempt, &reason).await;
+                    self.dead_letter(delivery, attempt, &reason).await;
                 }
             }
         }
@@ -234,7 +261,8 @@ impl Consumer {
         .await
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, attempts: u32, reason: &str) {
+    /// Parks a delivery in `{ns}.dead` with the reason (used for undecodable messages too).
+    pub async fn dead_letter(&self, delivery: &Delivery, attempts: u32, reason: &str) {
         let props = failure_properties(&delivery.properties, attempts, reason);
         let exchange = self.publisher.names().dead_exchange();
         match self.publisher.publish(&exchange, "", &delivery.data, props).await {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod cio;
 pub mod cli;
 pub mod consumer;
@@ -106,6 +107,7 @@ impl Worker {
             password_return: settings.password_return.clone(),
             mail_enabled: mailer.is_some(),
             outbox_wakeup: wakeup.clone(),
+            snapshots: Default::default(),
         });
         let publisher = Publisher::new(&settings.amqp, "cio-sync worker (retries)");
         let consumer = Arc::new(Consumer {
@@ -115,6 +117,8 @@ impl Worker {
             concurrency: settings.concurrency,
             max_attempts: settings.max_attempts,
             shutdown_grace: settings.shutdown_grace,
+            batch_size: settings.batch_size,
+            batch_wait: settings.batch_wait,
         });
         let outbox = Arc::new(Outbox {
             pool,

@@ -212,7 +212,7 @@ impl Outbox {
             Delivery::Retry { after, error } if attempts < self.max_attempts => {
                 sqlx::query(
                     "update outbox set attempts = $2, last_error = $3, updated_at = clock_timestamp(),
-                         next_attempt_at = now() + make_interval(secs => $4) where id = $1",
+                         next_attempt_at = clock_timestamp() + make_interval(secs => $4) where id = $1",
                 )
                 .bind(row.id)
                 .bind(attempts)
@@ -223,9 +223,9 @@ impl Outbox {
                 (
                     "warning",
                     format!(
-                        "Could not send {what} (attempt {attempts} of {}): {error}; retrying in {}s",
+                        "Could not send {what} (attempt {attempts} of {}): {error}; retrying in {:.1}s",
                         self.max_attempts,
-                        after.as_secs().max(1)
+                        after.as_secs_f64()
                     ),
                 )
             }

@@ -23,6 +23,10 @@ pub struct Settings {
     pub app_rate_limit: f64,
     /// Commands processed at once by this worker (also the AMQP prefetch).
     pub concurrency: usize,
+    /// Most commands read from Customer.io together when they queue up (1 = never batch).
+    pub batch_size: usize,
+    /// How long the first command of a batch waits for others.
+    pub batch_wait: Duration,
     /// Attempts of one command before it is parked in the dead-letter queue.
     pub max_attempts: u32,
     pub password_return: Option<PasswordReturn>,
@@ -43,6 +47,14 @@ fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
         var,
         problem: problem.into(),
     }
+}
+
+fn batch_size() -> Result<usize, ConfigError> {
+    let n: usize = config::parse_or("WORKER_BATCH_SIZE", 100)?;
+    if !(1..=1000).contains(&n) {
+        return Err(invalid("WORKER_BATCH_SIZE", "must be between 1 and 1000"));
+    }
+    Ok(n)
 }
 
 impl Settings {
@@ -124,6 +136,8 @@ impl Settings {
             app_rate_limit,
             concurrency,
             max_attempts: config::parse_or("RETRY_MAX_ATTEMPTS", 10)?,
+            batch_size: batch_size()?,
+            batch_wait: Duration::from_millis(config::parse_or("WORKER_BATCH_WAIT_MS", 20u64)?),
             password_return,
             mail,
             default_role: config::or_default("DEFAULT_ROLE", "subscriber"),

@@ -6,6 +6,8 @@
 //! `add`s for one contact on many workers give exactly one user; the unique indexes are the
 //! backstop, and a violation is a transient failure whose retry finds the user.
 
+pub mod coalesce;
+pub mod prefetch;
 mod segments;
 pub mod store;
 mod users;
@@ -17,9 +19,10 @@ use serde_json::json;
 use shared::command::{Action, SyncV1};
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::{
-    cio::{CioClient, CioError, PersonRef},
+    cio::{types::Customer, CioClient, CioError, PersonRef},
     events::{self, Begin, EventLog},
     fieldmap::{FieldMap, Mapped, UserField},
     secretbox::SecretBox,
@@ -43,6 +46,8 @@ pub struct SyncCtx {
     pub mail_enabled: bool,
     /// Woken after a commit that queued outbox rows, so that delivery starts at once.
     pub outbox_wakeup: Arc<Notify>,
+    /// The latest segment membership snapshot (batched reads).
+    pub snapshots: prefetch::Snapshots,
 }
 
 /// How an event ended.
@@ -57,6 +62,11 @@ pub enum Outcome {
     Rejected(String),
     /// A redelivery of an event that had already finished with this status.
     AlreadyDone(String),
+    /// Coalesced: a sync of the same command that started after this webhook arrived did the work.
+    Satisfied {
+        by: Uuid,
+        status: String,
+    },
 }
 
 impl Outcome {
@@ -66,7 +76,7 @@ impl Outcome {
             Outcome::NoUser => "no_user",
             Outcome::ContactNotFound => "contact_not_found",
             Outcome::Rejected(_) => "rejected",
-            Outcome::AlreadyDone(s) => s,
+            Outcome::AlreadyDone(s) | Outcome::Satisfied { status: s, .. } => s,
         }
     }
 }
@@ -113,11 +123,17 @@ impl From<CioError> for Failure {
     }
 }
 
-/// Processes one command. Log lines gathered in `log` are written with the outcome; on a
-/// failure the caller records them with the failure.
-pub async fn handle(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Outcome, Failure> {
+/// How a command starts: finished already, waiting for a running duplicate, or ours to sync.
+pub enum Start {
+    Done(Outcome),
+    Busy,
+    Go(coalesce::Claim),
+}
+
+/// Records the event and tries to claim its sync (without waiting).
+pub async fn start(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Start, Failure> {
     let attempt = match events::begin(&ctx.pool, cmd).await? {
-        Begin::AlreadyDone(status) => return Ok(Outcome::AlreadyDone(status)),
+        Begin::AlreadyDone(status) => return Ok(Start::Done(Outcome::AlreadyDone(status))),
         Begin::Proceed { attempt } => attempt,
     };
     let suffix = if attempt > 1 {
@@ -129,77 +145,281 @@ pub async fn handle(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<O
         "Received {} webhook for contact {}{suffix}",
         cmd.action, cmd.contact.email
     ));
-    match cmd.action {
-        Action::UpdateTags => update_tags(ctx, cmd, log).await,
-        Action::Update | Action::Add => sync_contact(ctx, cmd, log).await,
+    verdict(ctx, cmd, log, coalesce::claim(&ctx.pool, cmd).await?).await
+}
+
+async fn verdict(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog, v: coalesce::Verdict) -> Result<Start, Failure> {
+    Ok(match v {
+        coalesce::Verdict::Busy => Start::Busy,
+        coalesce::Verdict::Claimed(c) => Start::Go(c),
+        coalesce::Verdict::Satisfied { by, status } => {
+            log.info(format!(
+                "Already done by event {by} ({status}), a sync of this contact that started after this webhook was received"
+            ));
+            let mut job = Job {
+                ctx,
+                cmd,
+                log,
+                claim: None,
+                pre: None,
+            };
+            Start::Done(job.finish_without_user(Outcome::Satisfied { by, status }).await?)
+        }
+    })
+}
+
+/// Waits for a running duplicate to finish, then takes its result or claims the sync.
+pub async fn wait_turn(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Start, Failure> {
+    match coalesce::claim_waiting(&ctx.pool, cmd).await? {
+        coalesce::Verdict::Busy => Err(Failure::Transient {
+            reason: "another sync of this contact is still running".into(),
+            retry_after: None,
+        }),
+        v => verdict(ctx, cmd, log, v).await,
     }
 }
 
-/// Ends the event without touching a user (no_user, contact_not_found, rejected).
-async fn finish_without_user(
+/// Processes one command: start, wait for a running duplicate if there is one, sync.
+pub async fn handle(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Outcome, Failure> {
+    let claim = match start(ctx, cmd, log).await? {
+        Start::Done(o) => return Ok(o),
+        Start::Go(c) => c,
+        Start::Busy => match wait_turn(ctx, cmd, log).await? {
+            Start::Done(o) => return Ok(o),
+            Start::Go(c) => c,
+            Start::Busy => unreachable!("wait_turn never answers Busy"),
+        },
+    };
+    run(ctx, cmd, log, claim, None).await
+}
+
+/// Syncs a claimed command, with data read in advance for a batch when given.
+pub async fn run(
     ctx: &SyncCtx,
     cmd: &SyncV1,
     log: &mut EventLog,
-    outcome: Outcome,
+    claim: coalesce::Claim,
+    pre: Option<&prefetch::Prefetched>,
 ) -> Result<Outcome, Failure> {
-    let mut tx = ctx.pool.begin().await?;
-    if let Outcome::Rejected(reason) = &outcome {
-        sqlx::query("update webhook_events set last_error = $2 where event_id = $1")
-            .bind(cmd.event_id)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
+    let mut job = Job {
+        ctx,
+        cmd,
+        log,
+        claim: Some(claim.clone()),
+        pre,
+    };
+    let result = match cmd.action {
+        Action::UpdateTags => job.update_tags().await,
+        Action::Update | Action::Add => job.sync_contact().await,
+    };
+    if result.is_err() {
+        coalesce::release(&ctx.pool, &claim).await;
     }
-    events::finish(&mut tx, cmd.event_id, outcome.status(), None).await?;
-    log.flush(&mut tx).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    result
 }
 
-async fn update_tags(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Outcome, Failure> {
-    let emails = vec![cmd.contact.email.clone()];
-    let found = {
-        let mut conn = ctx.pool.acquire().await?;
-        store::find_user(&mut conn, cmd.contact.cio_id.as_deref(), &emails).await?
-    };
-    let Some(user) = found else {
-        log.notice(format!(
-            "update_tags webhook received but no matching user found for contact {}",
-            cmd.contact.email
-        ));
-        return finish_without_user(ctx, cmd, log, Outcome::NoUser).await;
-    };
-    let person = user
-        .cio_id
-        .as_deref()
-        .or(cmd.contact.cio_id.as_deref())
-        .map(PersonRef::cio_id)
-        .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
-    let Some(segments) = segments::load(ctx, cmd, &person, log).await? else {
-        log.notice(format!(
+/// One command being synced.
+struct Job<'a> {
+    ctx: &'a SyncCtx,
+    cmd: &'a SyncV1,
+    log: &'a mut EventLog,
+    claim: Option<coalesce::Claim>,
+    pre: Option<&'a prefetch::Prefetched>,
+}
+
+impl Job<'_> {
+    /// Records the event's end, its log, and the finished claim, in the transaction `tx`.
+    async fn close(&mut self, tx: &mut sqlx::PgConnection, status: &str, user_id: Option<i64>) -> Result<(), Failure> {
+        events::finish(tx, self.cmd.event_id, status, user_id).await?;
+        if let Some(c) = &self.claim {
+            let data_from = self.pre.and_then(|p| p.at);
+            coalesce::complete(tx, c, data_from, self.cmd.event_id, status).await?;
+        }
+        self.log.flush(tx).await?;
+        Ok(())
+    }
+
+    /// Ends the event without touching a user (no_user, contact_not_found, rejected, satisfied).
+    async fn finish_without_user(&mut self, outcome: Outcome) -> Result<Outcome, Failure> {
+        let mut tx = self.ctx.pool.begin().await?;
+        if let Outcome::Rejected(reason) = &outcome {
+            sqlx::query("update webhook_events set last_error = $2 where event_id = $1")
+                .bind(self.cmd.event_id)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.close(&mut tx, outcome.status(), None).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    fn not_found(&mut self) {
+        self.log.notice(format!(
             "Contact {} was not found in Customer.io (404)",
-            cmd.contact.email
+            self.cmd.contact.email
         ));
-        return finish_without_user(ctx, cmd, log, Outcome::ContactNotFound).await;
-    };
-    let mut tx = ctx.pool.begin().await?;
-    store::lock_contact(&mut tx, user.cio_id.as_deref().unwrap_or(&user.email)).await?;
-    let Some(user) = store::find_user(&mut tx, user.cio_id.as_deref(), std::slice::from_ref(&user.email)).await? else {
-        tx.rollback().await?;
-        log.notice(format!(
-            "update_tags webhook received but no matching user found for contact {}",
-            cmd.contact.email
+    }
+
+    fn no_user(&mut self) {
+        self.log.notice(format!(
+            "{} webhook received but no matching user found for contact {}",
+            self.cmd.action, self.cmd.contact.email
         ));
-        return finish_without_user(ctx, cmd, log, Outcome::NoUser).await;
-    };
-    segments::apply(&mut tx, user.id, &segments, log).await?;
-    events::finish(&mut tx, cmd.event_id, "succeeded", Some(user.id)).await?;
-    log.flush(&mut tx).await?;
-    tx.commit().await?;
-    Ok(Outcome::Succeeded {
-        user_id: user.id,
-        created: false,
-    })
+    }
+
+    /// The contact's attributes: prefetched for the batch, else one call. `None`: not in Customer.io.
+    async fn customer(&self, who: &PersonRef) -> Result<Option<Customer>, Failure> {
+        if let Some(found) = self.pre.and_then(|p| p.customer(&self.cmd.contact.email)) {
+            return Ok(found.cloned());
+        }
+        match self.ctx.cio.attributes(who).await {
+            Ok(c) => Ok(Some(c)),
+            Err(CioError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn segments(
+        &mut self,
+        person: &PersonRef,
+        cio_id: Option<&str>,
+    ) -> Result<Option<segments::Loaded>, Failure> {
+        let snapshot = self.pre.and_then(|p| p.snapshot.as_deref());
+        segments::load(self.ctx, self.cmd, person, cio_id, snapshot).await
+    }
+
+    async fn update_tags(&mut self) -> Result<Outcome, Failure> {
+        let cmd = self.cmd;
+        let emails = vec![cmd.contact.email.clone()];
+        let found = {
+            let mut conn = self.ctx.pool.acquire().await?;
+            store::find_user(&mut conn, cmd.contact.cio_id.as_deref(), &emails).await?
+        };
+        let Some(user) = found else {
+            self.no_user();
+            return self.finish_without_user(Outcome::NoUser).await;
+        };
+        if let Some(None) = self.pre.and_then(|p| p.customer(&cmd.contact.email)) {
+            self.not_found();
+            return self.finish_without_user(Outcome::ContactNotFound).await;
+        }
+        let cio_id = user.cio_id.clone().or_else(|| cmd.contact.cio_id.clone());
+        let person = cio_id
+            .as_deref()
+            .map(PersonRef::cio_id)
+            .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
+        let Some(segments) = self.segments(&person, cio_id.as_deref()).await? else {
+            self.not_found();
+            return self.finish_without_user(Outcome::ContactNotFound).await;
+        };
+        let mut tx = self.ctx.pool.begin().await?;
+        store::lock_contact(&mut tx, user.cio_id.as_deref().unwrap_or(&user.email)).await?;
+        let Some(user) = store::find_user(&mut tx, user.cio_id.as_deref(), std::slice::from_ref(&user.email)).await?
+        else {
+            tx.rollback().await?;
+            self.no_user();
+            return self.finish_without_user(Outcome::NoUser).await;
+        };
+        segments::apply(&mut tx, user.id, &segments, self.log).await?;
+        self.close(&mut tx, "succeeded", Some(user.id)).await?;
+        tx.commit().await?;
+        Ok(Outcome::Succeeded {
+            user_id: user.id,
+            created: false,
+        })
+    }
+
+    async fn sync_contact(&mut self) -> Result<Outcome, Failure> {
+        let (ctx, cmd) = (self.ctx, self.cmd);
+        let who = cmd
+            .contact
+            .cio_id
+            .as_deref()
+            .map(PersonRef::cio_id)
+            .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
+        let Some(customer) = self.customer(&who).await? else {
+            self.not_found();
+            return self.finish_without_user(Outcome::ContactNotFound).await;
+        };
+        let mapped = ctx.field_map.apply(&customer.attributes);
+        let (text, context) = describe(&mapped);
+        self.log.push(
+            crate::events::Level::Info,
+            format!("Loaded meta data from Customer.io: {text}"),
+            Some(context),
+        );
+
+        let cio_id = customer.cio_id().or_else(|| cmd.contact.cio_id.clone());
+        let mut emails = vec![cmd.contact.email.clone()];
+        for e in [mapped.get(UserField::Email).map(str::to_string), customer.email()]
+            .into_iter()
+            .flatten()
+        {
+            if !emails.iter().any(|x| x.eq_ignore_ascii_case(&e)) {
+                emails.push(e);
+            }
+        }
+        let existing = {
+            let mut conn = ctx.pool.acquire().await?;
+            store::find_user(&mut conn, cio_id.as_deref(), &emails).await?
+        };
+        if existing.is_none() && cmd.action == Action::Update {
+            self.no_user();
+            return self.finish_without_user(Outcome::NoUser).await;
+        }
+        let person = cio_id.as_deref().map(PersonRef::cio_id).unwrap_or(who);
+        let Some(segments) = self.segments(&person, cio_id.as_deref()).await? else {
+            self.not_found();
+            return self.finish_without_user(Outcome::ContactNotFound).await;
+        };
+        // Hash outside the transaction (Argon2 is deliberately slow); discarded if a user appears meanwhile.
+        let mut prepared = match existing {
+            None => Some(users::prepare_password(ctx, &mapped).await?),
+            Some(_) => None,
+        };
+
+        let mut tx = ctx.pool.begin().await?;
+        store::lock_contact(&mut tx, cio_id.as_deref().unwrap_or(&cmd.contact.email)).await?;
+        let (user_id, created) = match store::find_user(&mut tx, cio_id.as_deref(), &emails).await? {
+            Some(user) => {
+                users::refresh(&mut tx, cmd, &user, &customer, &mapped, cio_id.as_deref(), self.log).await?;
+                if cmd.action == Action::Add {
+                    self.log.info(format!(
+                        "User #{} already exists: updated it (no new password, e-mail or password return)",
+                        user.id
+                    ));
+                }
+                (user.id, false)
+            }
+            None if cmd.action == Action::Update => {
+                tx.rollback().await?;
+                self.no_user();
+                return self.finish_without_user(Outcome::NoUser).await;
+            }
+            None => {
+                let pw = match prepared.take() {
+                    Some(p) => p,
+                    None => users::prepare_password(ctx, &mapped).await?,
+                };
+                match users::create(&mut tx, ctx, cmd, &customer, &mapped, cio_id.as_deref(), pw, self.log).await? {
+                    Ok(id) => (id, true),
+                    Err(reason) => {
+                        tx.rollback().await?;
+                        self.log.error(format!("Rejected: {reason}"));
+                        return self.finish_without_user(Outcome::Rejected(reason)).await;
+                    }
+                }
+            }
+        };
+        segments::apply(&mut tx, user_id, &segments, self.log).await?;
+        self.close(&mut tx, "succeeded", Some(user_id)).await?;
+        tx.commit().await?;
+        if created {
+            ctx.outbox_wakeup.notify_waiters();
+        }
+        Ok(Outcome::Succeeded { user_id, created })
+    }
 }
 
 /// A readable summary of the mapped attributes for the event log (the password is never in it).
@@ -213,113 +433,6 @@ fn describe(mapped: &Mapped) -> (String, serde_json::Value) {
         parts.join(", ")
     };
     (text, serde_json::Value::Object(ctx))
-}
-
-async fn sync_contact(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Outcome, Failure> {
-    let who = cmd
-        .contact
-        .cio_id
-        .as_deref()
-        .map(PersonRef::cio_id)
-        .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
-    let customer = match ctx.cio.attributes(&who).await {
-        Ok(c) => c,
-        Err(CioError::NotFound) => {
-            log.notice(format!(
-                "Contact {} was not found in Customer.io (404)",
-                cmd.contact.email
-            ));
-            return finish_without_user(ctx, cmd, log, Outcome::ContactNotFound).await;
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mapped = ctx.field_map.apply(&customer.attributes);
-    let (text, context) = describe(&mapped);
-    log.push(
-        crate::events::Level::Info,
-        format!("Loaded meta data from Customer.io: {text}"),
-        Some(context),
-    );
-
-    let cio_id = customer.cio_id().or_else(|| cmd.contact.cio_id.clone());
-    let mut emails = vec![cmd.contact.email.clone()];
-    for e in [mapped.get(UserField::Email).map(str::to_string), customer.email()]
-        .into_iter()
-        .flatten()
-    {
-        if !emails.iter().any(|x| x.eq_ignore_ascii_case(&e)) {
-            emails.push(e);
-        }
-    }
-    let existing = {
-        let mut conn = ctx.pool.acquire().await?;
-        store::find_user(&mut conn, cio_id.as_deref(), &emails).await?
-    };
-    if existing.is_none() && cmd.action == Action::Update {
-        log.notice(format!(
-            "update webhook received but no matching user found for contact {}",
-            cmd.contact.email
-        ));
-        return finish_without_user(ctx, cmd, log, Outcome::NoUser).await;
-    }
-    let person = cio_id.as_deref().map(PersonRef::cio_id).unwrap_or(who);
-    let Some(segments) = segments::load(ctx, cmd, &person, log).await? else {
-        log.notice(format!(
-            "Contact {} was not found in Customer.io (404)",
-            cmd.contact.email
-        ));
-        return finish_without_user(ctx, cmd, log, Outcome::ContactNotFound).await;
-    };
-    // Hash outside the transaction (Argon2 is deliberately slow); discarded if a user appears meanwhile.
-    let mut prepared = match existing {
-        None => Some(users::prepare_password(ctx, &mapped).await?),
-        Some(_) => None,
-    };
-
-    let mut tx = ctx.pool.begin().await?;
-    store::lock_contact(&mut tx, cio_id.as_deref().unwrap_or(&cmd.contact.email)).await?;
-    let (user_id, created) = match store::find_user(&mut tx, cio_id.as_deref(), &emails).await? {
-        Some(user) => {
-            users::refresh(&mut tx, cmd, &user, &customer, &mapped, cio_id.as_deref(), log).await?;
-            if cmd.action == Action::Add {
-                log.info(format!(
-                    "User #{} already exists: updated it (no new password, e-mail or password return)",
-                    user.id
-                ));
-            }
-            (user.id, false)
-        }
-        None if cmd.action == Action::Update => {
-            tx.rollback().await?;
-            log.notice(format!(
-                "update webhook received but no matching user found for contact {}",
-                cmd.contact.email
-            ));
-            return finish_without_user(ctx, cmd, log, Outcome::NoUser).await;
-        }
-        None => {
-            let pw = match prepared.take() {
-                Some(p) => p,
-                None => users::prepare_password(ctx, &mapped).await?,
-            };
-            match users::create(&mut tx, ctx, cmd, &customer, &mapped, cio_id.as_deref(), pw, log).await? {
-                Ok(id) => (id, true),
-                Err(reason) => {
-                    tx.rollback().await?;
-                    log.error(format!("Rejected: {reason}"));
-                    return finish_without_user(ctx, cmd, log, Outcome::Rejected(reason)).await;
-                }
-            }
-        }
-    };
-    segments::apply(&mut tx, user_id, &segments, log).await?;
-    events::finish(&mut tx, cmd.event_id, "succeeded", Some(user_id)).await?;
-    log.flush(&mut tx).await?;
-    tx.commit().await?;
-    if created {
-        ctx.outbox_wakeup.notify_waiters();
-    }
-    Ok(Outcome::Succeeded { user_id, created })
 }
 
 /// A password for a new user: mapped from Customer.io, or generated (and then returnable).

@@ -6,13 +6,14 @@ use std::collections::BTreeSet;
 use shared::command::SyncV1;
 use sqlx::PgConnection;
 
-use super::{store, Failure, SyncCtx};
+use super::{prefetch::Snapshot, store, Failure, SyncCtx};
 use crate::{
     cio::{CioError, PersonRef},
     events::EventLog,
 };
 
 /// The contact's segment ids, with a label for the log; `None` when Customer.io has no such person.
+/// From the webhook's `tags`, else the batch's membership snapshot, else one call.
 pub struct Loaded {
     pub ids: BTreeSet<i64>,
     pub label: String,
@@ -22,11 +23,13 @@ pub async fn load(
     ctx: &SyncCtx,
     cmd: &SyncV1,
     person: &PersonRef,
-    _log: &mut EventLog,
+    cio_id: Option<&str>,
+    snapshot: Option<&Snapshot>,
 ) -> Result<Option<Loaded>, Failure> {
-    let ids: BTreeSet<i64> = match &cmd.tags {
-        Some(tags) => tags.iter().copied().collect(),
-        None => match ctx.cio.person_segments(person).await {
+    let ids: BTreeSet<i64> = match (&cmd.tags, snapshot) {
+        (Some(tags), _) => tags.iter().copied().collect(),
+        (None, Some(snap)) => snap.segments_of(cio_id, &cmd.contact.email),
+        (None, None) => match ctx.cio.person_segments(person).await {
             Ok(segs) => {
                 store::upsert_catalogue(&ctx.pool, &segs).await?;
                 segs.iter().map(|s| s.id).collect()
