@@ -101,11 +101,12 @@ async fn add_creates_the_user_with_fields_segments_role_and_a_wp_fusion_style_lo
     assert_eq!(u.display_name.as_deref(), Some("Jane Doe"));
     assert!(u.password_hash.starts_with("$argon2id$"));
     assert_eq!(segments_of(&env, user_id).await, vec![1, 2]);
-    let names: Vec<String> = sqlx::query_scalar("select name from segments order by id")
+    // The catalogue (names and types) came from GET /v1/segments the first time.
+    let names: Vec<String> = sqlx::query_scalar("select name || ':' || type from segments order by id")
         .fetch_all(&env.pool)
         .await
         .unwrap();
-    assert_eq!(names, vec!["VIP", "Trial"]);
+    assert_eq!(names, vec!["VIP:manual", "Trial:dynamic", "Newsletter:manual"]);
     let log = env.event_log(&c.event_id.to_string()).await;
     assert_eq!(log[0], "Received add webhook for contact Jane@Example.com");
     assert!(log[1].starts_with("Loaded meta data from Customer.io: "), "{log:?}");

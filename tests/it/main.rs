@@ -8,3 +8,4 @@ mod ingress;
 mod outbox;
 mod pipeline;
 mod simulator;
+mod throughput;

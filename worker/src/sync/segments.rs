@@ -38,12 +38,12 @@ pub async fn load(
             Err(e) => return Err(e.into()),
         },
     };
-    let mut names = store::segment_names(&ctx.pool, &ids).await?;
-    if names.len() < ids.len() {
-        // An id the catalogue does not know: refresh it once from Customer.io.
+    let (mut names, complete) = store::segment_names(&ctx.pool, &ids).await?;
+    if !complete {
+        // An id the catalogue does not know (or knows without its type): refresh it from Customer.io.
         let all = ctx.cio.segments().await?;
         store::upsert_catalogue(&ctx.pool, &all).await?;
-        names = store::segment_names(&ctx.pool, &ids).await?;
+        names = store::segment_names(&ctx.pool, &ids).await?.0;
     }
     let label = if ids.is_empty() {
         "none".to_string()

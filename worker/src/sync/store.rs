@@ -235,14 +235,17 @@ pub async fn upsert_catalogue(pool: &PgPool, segments: &[Segment]) -> Result<(),
 }
 
 /// Names of the given segments that the catalogue knows.
-pub async fn segment_names(pool: &PgPool, ids: &BTreeSet<i64>) -> Result<BTreeMap<i64, String>, sqlx::Error> {
+/// Also says whether every one of them is fully catalogued (name and type, as `GET /v1/segments`
+/// gives them; the per-person endpoint gives no type).
+pub async fn segment_names(pool: &PgPool, ids: &BTreeSet<i64>) -> Result<(BTreeMap<i64, String>, bool), sqlx::Error> {
     let ids: Vec<i64> = ids.iter().copied().collect();
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("select id, name from segments where id = any($1) and name is not null")
-            .bind(ids)
+    let rows: Vec<(i64, String, bool)> =
+        sqlx::query_as("select id, name, type is not null from segments where id = any($1) and name is not null")
+            .bind(&ids)
             .fetch_all(pool)
             .await?;
-    Ok(rows.into_iter().collect())
+    let complete = rows.len() == ids.len() && rows.iter().all(|r| r.2);
+    Ok((rows.into_iter().map(|(id, name, _)| (id, name)).collect(), complete))
 }
 
 /// A side effect to queue in the outbox, in the same transaction as the user.
