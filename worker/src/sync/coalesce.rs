@@ -56,13 +56,22 @@ pub enum Verdict {
 }
 
 pub async fn claim(pool: &PgPool, cmd: &SyncV1) -> Result<Verdict, sqlx::Error> {
-    let key = key(cmd);
+    claim_key(pool, key(cmd), cmd.received_at, cmd.event_id).await
+}
+
+/// The protocol for any shared piece of work identified by `key` (also membership snapshots).
+pub async fn claim_key(
+    pool: &PgPool,
+    key: String,
+    received_at: DateTime<Utc>,
+    claimer: Uuid,
+) -> Result<Verdict, sqlx::Error> {
     let (verdict, event, status, started): (String, Option<Uuid>, Option<String>, Option<DateTime<Utc>>) =
         sqlx::query_as("select * from claim_sync($1, $2, $3, $4)")
             .bind(&key)
-            .bind(cmd.received_at + CLOCK_SKEW_MARGIN)
+            .bind(received_at + CLOCK_SKEW_MARGIN)
             .bind(LEASE.as_secs_f64())
-            .bind(cmd.event_id)
+            .bind(claimer)
             .fetch_one(pool)
             .await?;
     Ok(match verdict.as_str() {
