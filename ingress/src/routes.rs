@@ -161,7 +161,7 @@ pub fn properties(event_id: Uuid, action: &str, email: &str) -> BasicProperties 
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.publisher.ensure_connected().await {
+    match st.publisher.check_ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => unavailable(&format!("broker: {e}")),
     }

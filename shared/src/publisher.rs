@@ -101,6 +101,33 @@ impl Publisher {
             .map(|_| ())
     }
 
+    /// Readiness: the link is up (connecting if needed) and the commands queue exists on the
+    /// broker right now (a passive declare, so a deleted queue or a lost binding target shows).
+    pub async fn check_ready(&self) -> Result<(), PublishError> {
+        let check = async {
+            let link = self.link().await?;
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let probe = link
+                .conn
+                .create_channel()
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            let r = probe
+                .queue_declare(self.names.commands_queue().as_str().into(), passive, Default::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| PublishError::Unavailable(format!("commands queue: {e}")));
+            let _ = probe.close(200, "readiness probe".into()).await;
+            r
+        };
+        tokio::time::timeout(self.timeout, check)
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+    }
+
     /// Whether the link is up right now, without trying to connect.
     pub async fn is_connected(&self) -> bool {
         self.state.lock().await.link.as_ref().is_some_and(Link::is_open)

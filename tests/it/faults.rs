@@ -327,11 +327,24 @@ async fn a_database_outage_is_retried_later_and_readiness_says_so() {
     env.simh.add_person("dbdown@example.com", json!({}));
     let url = env.start_ingress().await;
     let w = env.worker(env.worker_settings()).await;
-    let health = worker::http::router(worker::http::HealthState {
-        pool: w.ctx.pool.clone(),
-        publisher: w.publisher.clone(),
-    });
-    env.start_worker(env.worker_settings()).await;
+    let health = worker::http::router(w.health());
+    env.run_worker(w);
+    let ready = || {
+        let h = health.clone();
+        async move {
+            let r = tower::ServiceExt::oneshot(
+                h,
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            );
+            r.await.unwrap().status().as_u16()
+        }
+    };
+    wait_until("the worker to be ready", Duration::from_secs(20), || async {
+        (ready().await == 200).then_some(())
+    })
+    .await;
 
     let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server()))
         .await
@@ -346,15 +359,7 @@ async fn a_database_outage_is_retried_later_and_readiness_says_so() {
         .execute(&mut admin)
         .await
         .unwrap();
-    let ready = tower::ServiceExt::oneshot(
-        health.clone(),
-        axum::http::Request::get("/readyz")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(ready.status(), 503, "readiness reflects the database outage");
+    assert_eq!(ready().await, 503, "readiness reflects the database outage");
 
     let id = send(&url, "wpf_action=add", "dbdown@example.com").await;
     // The worker cannot record anything; the command goes to a delayed retry instead of being lost.
@@ -371,15 +376,10 @@ async fn a_database_outage_is_retried_later_and_readiness_says_so() {
         .await
         .unwrap();
     wait_status(&env, &id, "succeeded", Duration::from_secs(60)).await;
-    let ready = tower::ServiceExt::oneshot(
-        health,
-        axum::http::Request::get("/readyz")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(ready.status(), 200);
+    wait_until("readiness to recover", Duration::from_secs(20), || async {
+        (ready().await == 200).then_some(())
+    })
+    .await;
 }
 
 fn binary_worker(env: &TestEnv, extra: &[(&'static str, String)]) -> Proc {

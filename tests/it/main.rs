@@ -5,6 +5,7 @@ mod binaries;
 mod faults;
 mod fuzz;
 mod ingress;
+mod observability;
 mod outbox;
 mod pipeline;
 mod simulator;

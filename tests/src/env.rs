@@ -189,6 +189,11 @@ impl TestEnv {
     /// Starts a whole worker (consumer and outbox) in-process; returns its stop token.
     pub async fn start_worker(&mut self, settings: worker::Settings) -> CancellationToken {
         let w = self.worker(settings).await;
+        self.run_worker(w)
+    }
+
+    /// Runs a built worker in-process until its token is cancelled (or the environment drops).
+    pub fn run_worker(&mut self, w: worker::Worker) -> CancellationToken {
         let token = CancellationToken::new();
         let stop = token.clone();
         let handle = tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! Test kit for cio-sync: the Customer.io simulator, and the harness that gives each test its own
 //! Postgres database and AMQP namespace on the machine's real services (never mocks of them).
 
+pub mod bench;
 pub mod broker;
 pub mod env;
 pub mod procs;

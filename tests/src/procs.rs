@@ -7,10 +7,16 @@ use std::{
     time::Duration,
 };
 
-/// The directory holding the workspace's binaries (`target/debug` next to the test binary).
+/// The directory holding the workspace's binaries: the running binary's own directory (the
+/// benchmark in `target/release`), or its parent (a test binary in `target/debug/deps`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let own = exe.parent().expect("exe dir").to_path_buf();
+    let dir = if own.join("ingress").exists() {
+        own
+    } else {
+        own.parent().expect("target dir").to_path_buf()
+    };
     for b in ["ingress", "worker"] {
         assert!(
             dir.join(b).exists(),

@@ -41,6 +41,8 @@ pub struct Consumer {
     pub batch_size: usize,
     /// How long the first command of a batch waits for company.
     pub batch_wait: Duration,
+    /// True while a consumer is attached to the commands queue (readiness).
+    pub consuming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Reads an integer header.
@@ -128,6 +130,7 @@ impl Consumer {
             )
             .await?;
         tracing::info!(queue = %names.commands_queue(), concurrency = self.concurrency, prefetch, "consuming commands");
+        self.consuming.store(true, std::sync::atomic::Ordering::SeqCst);
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
         let mut pending: Vec<Delivery> = Vec::new();
@@ -163,6 +166,7 @@ impl Consumer {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
+        self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);
         if !pending.is_empty() {
             self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
         }

@@ -1,7 +1,13 @@
 //! The worker's small HTTP server: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz`
 //! (database answers and the broker link is up), plus the gauges refreshed in the background.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection, ConnectionProperties};
@@ -14,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct HealthState {
     pub pool: PgPool,
     pub publisher: Publisher,
+    /// Set by the consumer while it is attached to the commands queue.
+    pub consuming: Arc<AtomicBool>,
 }
 
 pub fn router(state: HealthState) -> Router {
@@ -31,12 +39,14 @@ async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
         .await
         .err()
         .map(|e| e.to_string());
-    let broker = st.publisher.ensure_connected().await.err().map(|e| e.to_string());
-    let ok = db.is_none() && broker.is_none();
+    let broker = st.publisher.check_ready().await.err().map(|e| e.to_string());
+    let consuming = st.consuming.load(Ordering::SeqCst);
+    let ok = db.is_none() && broker.is_none() && consuming;
     let body = json!({
         "status": if ok { "ready" } else { "unavailable" },
         "database": db.unwrap_or_else(|| "ok".into()),
         "broker": broker.unwrap_or_else(|| "ok".into()),
+        "consumer": if consuming { "attached" } else { "not attached" },
     });
     (
         if ok {
@@ -58,7 +68,7 @@ pub async fn serve(
         .await
 }
 
-/// Refreshes the backlog gauges every 15 s: outbox rows by status, dead letters, queued commands.
+/// Refreshes the backlog gauges every 5 s: outbox rows by status, dead letters, queued commands.
 pub async fn refresh_gauges(st: HealthState, stop: CancellationToken) {
     let mut amqp: Option<(Connection, lapin::Channel)> = None;
     loop {
@@ -103,7 +113,7 @@ pub async fn refresh_gauges(st: HealthState, stop: CancellationToken) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.cancelled() => return,
         }
     }

@@ -119,6 +119,7 @@ impl Worker {
             shutdown_grace: settings.shutdown_grace,
             batch_size: settings.batch_size,
             batch_wait: settings.batch_wait,
+            consuming: Default::default(),
         });
         let outbox = Arc::new(Outbox {
             pool,
@@ -137,6 +138,15 @@ impl Worker {
         })
     }
 
+    /// What `/readyz` looks at.
+    pub fn health(&self) -> http::HealthState {
+        http::HealthState {
+            pool: self.ctx.pool.clone(),
+            publisher: self.publisher.clone(),
+            consuming: self.consumer.consuming.clone(),
+        }
+    }
+
     /// Runs the consumer and the outbox until `shutdown` is cancelled, then drains.
     pub async fn run(
         self,
@@ -152,20 +162,14 @@ impl Worker {
         }
         let mut tasks = JoinSet::new();
         if let Some(l) = listener {
-            let state = http::HealthState {
-                pool: self.ctx.pool.clone(),
-                publisher: self.publisher.clone(),
-            };
+            let state = self.health();
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 if let Err(e) = http::serve(l, state, stop).await {
                     tracing::error!("worker http server failed: {e}");
                 }
             });
-            let gauges = http::HealthState {
-                pool: self.ctx.pool.clone(),
-                publisher: self.publisher.clone(),
-            };
+            let gauges = self.health();
             tasks.spawn(http::refresh_gauges(gauges, shutdown.clone()));
         }
         tasks.spawn(self.consumer.clone().run(shutdown.clone()));

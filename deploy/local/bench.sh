@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark (README "Performance"): release binaries against the machine's PostgreSQL and
+# RabbitMQ and the in-process Customer.io simulator. Prints the figures and whether each target
+# is met; exits non-zero when one is not. Options: see `target/release/cio-bench --help`.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+. deploy/local/services.sh
+ensure_services
+say "building the release binaries"
+cargo build --release --quiet -p ingress -p worker -p cio-sync-tests --bin ingress --bin worker --bin cio-bench
+say "running the benchmark"
+exec target/release/cio-bench "$@"

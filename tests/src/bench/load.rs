@@ -1,0 +1,167 @@
+//! Load generators: webhooks over HTTP at a fixed concurrency, and the broker's own ceiling
+//! (the same command, published persistently with `mandatory` and confirmed, at the same concurrency).
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use shared::{
+    command::{Action, Command, Contact, SyncV1},
+    publisher::Publisher,
+    topology::COMMAND_KEY,
+};
+
+/// What a load run measured.
+pub struct Run {
+    pub count: usize,
+    pub failures: usize,
+    pub elapsed: Duration,
+    /// Sorted latencies of the successful requests.
+    pub latencies: Vec<Duration>,
+}
+
+impl Run {
+    pub fn per_second(&self) -> f64 {
+        (self.count - self.failures) as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Sends `total` webhooks (`wpf_action=<action>` for `email_of(i)`) over `connections` connections.
+pub async fn webhooks(
+    url: &str,
+    key: &str,
+    action: &str,
+    total: usize,
+    connections: usize,
+    email_of: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let email_of = Arc::new(email_of);
+    let endpoint = format!("{url}/?wpf_action={action}&access_key={key}");
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (client, next, email_of, endpoint) = (client.clone(), next.clone(), email_of.clone(), endpoint.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut failures = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let body = format!(r#"{{"email":"{}"}}"#, email_of(i));
+                let t = Instant::now();
+                let r = client
+                    .post(&endpoint)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = resp.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (lat, failures)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failures = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, f) = r.unwrap();
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Run {
+        count: total,
+        failures,
+        elapsed,
+        latencies,
+    }
+}
+
+/// A command like the ones the ingress publishes.
+pub fn command(action: Action, email: String) -> Vec<u8> {
+    Command::SyncV1(SyncV1 {
+        event_id: uuid::Uuid::new_v4(),
+        received_at: chrono::Utc::now(),
+        action,
+        contact: Contact {
+            email,
+            id: None,
+            cio_id: None,
+        },
+        send_notification: false,
+        role: None,
+        tags: None,
+    })
+    .encode()
+}
+
+/// Publishes `total` commands at `concurrency` in-flight confirms on one channel (as the ingress does).
+pub async fn publishes(
+    publisher: &Publisher,
+    total: usize,
+    concurrency: usize,
+    body_of: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+) -> Run {
+    publisher.ensure_connected().await.expect("broker reachable");
+    let next = Arc::new(AtomicUsize::new(0));
+    let body_of = Arc::new(body_of);
+    let exchange = publisher.names().commands_exchange();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (p, next, body_of, exchange) = (publisher.clone(), next.clone(), body_of.clone(), exchange.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut failures = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let body = body_of(i);
+                let id = uuid::Uuid::new_v4();
+                let props = lapin::BasicProperties::default()
+                    .with_message_id(id.to_string().into())
+                    .with_content_type("application/json".into());
+                let t = Instant::now();
+                match p.publish(&exchange, COMMAND_KEY, &body, props).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(_) => failures += 1,
+                }
+            }
+            (lat, failures)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failures = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, f) = r.unwrap();
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Run {
+        count: total,
+        failures,
+        elapsed,
+        latencies,
+    }
+}

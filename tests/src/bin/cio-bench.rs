@@ -1,0 +1,45 @@
+//! `cio-bench`: the throughput and memory benchmark (see `testkit::bench`). Run it with
+//! `deploy/local/bench.sh`, which builds the release binaries and makes sure the services run.
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "cio-sync benchmark: ingress vs broker ceiling, worker syncs/s, burst drain at 10 req/s, peak RSS")]
+struct Args {
+    /// Webhooks sent in the ingress run.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent HTTP connections (and in-flight publishes for the broker ceiling).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Distinct contacts in the worker runs.
+    #[arg(long, default_value_t = 10_000)]
+    contacts: usize,
+    /// Segments the contacts are spread over.
+    #[arg(long, default_value_t = 20)]
+    segments: i64,
+    #[arg(long)]
+    skip_ingress: bool,
+    #[arg(long)]
+    skip_unthrottled: bool,
+    #[arg(long)]
+    skip_throttled: bool,
+}
+
+fn main() {
+    let a = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(testkit::bench::run(testkit::bench::Options {
+        requests: a.requests,
+        connections: a.connections,
+        contacts: a.contacts,
+        segments: a.segments,
+        skip_ingress: a.skip_ingress,
+        skip_unthrottled: a.skip_unthrottled,
+        skip_throttled: a.skip_throttled,
+    }));
+    std::process::exit(if report.all_met() { 0 } else { 1 });
+}
