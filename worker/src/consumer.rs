@@ -45,6 +45,9 @@ pub struct Consumer {
     pub consuming: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The longest a partial batch waits while another batch is being processed.
+pub const BUSY_BATCH_WAIT: Duration = Duration::from_millis(500);
+
 /// Reads an integer header.
 pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
     let h = props.headers().as_ref()?;
@@ -117,8 +120,8 @@ impl Consumer {
         let conn = Connection::connect(&self.amqp.url, props).await?;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, &names).await?;
-        // Room for a full batch besides the commands being processed one by one.
-        let prefetch = (self.concurrency + self.batch_size).min(u16::MAX as usize) as u16;
+        // Room for the batch being processed and the next one filling up.
+        let prefetch = (self.concurrency + 2 * self.batch_size).min(u16::MAX as usize) as u16;
         ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("worker-{}", uuid::Uuid::new_v4());
         let mut consumer = ch
@@ -150,7 +153,10 @@ impl Consumer {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         pending.push(delivery);
-                        due.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_wait);
+                        // Idle: a lone command goes after `batch_wait`. Busy (a batch is being
+                        // processed, so commands are queuing): let the next batch fill up.
+                        let wait = if tasks.is_empty() { self.batch_wait } else { BUSY_BATCH_WAIT };
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + wait);
                         if pending.len() >= self.batch_size {
                             self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
                             due = None;
@@ -163,7 +169,12 @@ impl Consumer {
                     self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
                     due = None;
                 }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    if tasks.is_empty() && !pending.is_empty() {
+                        self.dispatch(&mut tasks, std::mem::take(&mut pending), &permits);
+                        due = None;
+                    }
+                }
             }
         };
         self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -85,21 +85,24 @@ impl EventLog {
         self.push(Level::Error, m, None);
     }
 
+    /// The gathered lines as columns (and forgets them).
+    fn take_columns(&mut self) -> (Vec<DateTime<Utc>>, Vec<&'static str>, Vec<String>, Vec<Value>) {
+        let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for l in self.lines.drain(..) {
+            cols.0.push(l.at);
+            cols.1.push(l.level.as_str());
+            cols.2.push(l.message);
+            cols.3.push(l.context.unwrap_or(Value::Null));
+        }
+        cols
+    }
+
     /// Writes the gathered lines (and forgets them).
     pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.lines.is_empty() {
             return Ok(());
         }
-        let mut at = Vec::new();
-        let mut level = Vec::new();
-        let mut message = Vec::new();
-        let mut context = Vec::new();
-        for l in self.lines.drain(..) {
-            at.push(l.at);
-            level.push(l.level.as_str());
-            message.push(l.message);
-            context.push(l.context.unwrap_or(Value::Null));
-        }
+        let (at, level, message, context) = self.take_columns();
         sqlx::query(
             "insert into event_log (event_id, at, level, message, context)
              select $1, a, l, m, nullif(c, 'null'::jsonb)
@@ -149,21 +152,33 @@ pub async fn begin(pool: &PgPool, cmd: &SyncV1) -> Result<Begin, sqlx::Error> {
     })
 }
 
-/// Records the final outcome (inside the transaction that made its effects).
+/// Records the final outcome and writes the gathered log lines, in one statement (inside the
+/// transaction that made the event's effects).
 pub async fn finish(
     conn: &mut PgConnection,
     event_id: Uuid,
     status: &str,
     user_id: Option<i64>,
+    log: &mut EventLog,
 ) -> Result<(), sqlx::Error> {
+    let (at, level, message, context) = log.take_columns();
     sqlx::query(
-        "update webhook_events set status = $2, user_id = coalesce($3, user_id), finished_at = now(),
-             last_error = case when $2 = 'rejected' then last_error else null end, updated_at = now()
-         where event_id = $1",
+        "with finished as (
+             update webhook_events set status = $2, user_id = coalesce($3, user_id), finished_at = now(),
+                 last_error = case when $2 = 'rejected' then last_error else null end, updated_at = now()
+             where event_id = $1
+         )
+         insert into event_log (event_id, at, level, message, context)
+         select $1, a, l, m, nullif(c, 'null'::jsonb)
+         from unnest($4::timestamptz[], $5::text[], $6::text[], $7::jsonb[]) as t(a, l, m, c)",
     )
     .bind(event_id)
     .bind(status)
     .bind(user_id)
+    .bind(at)
+    .bind(level)
+    .bind(message)
+    .bind(context)
     .execute(conn)
     .await?;
     Ok(())

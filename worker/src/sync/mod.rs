@@ -230,12 +230,11 @@ struct Job<'a> {
 impl Job<'_> {
     /// Records the event's end, its log, and the finished claim, in the transaction `tx`.
     async fn close(&mut self, tx: &mut sqlx::PgConnection, status: &str, user_id: Option<i64>) -> Result<(), Failure> {
-        events::finish(tx, self.cmd.event_id, status, user_id).await?;
+        events::finish(tx, self.cmd.event_id, status, user_id, self.log).await?;
         if let Some(c) = &self.claim {
             let data_from = self.pre.and_then(|p| p.at);
             coalesce::complete(tx, c, data_from, self.cmd.event_id, status).await?;
         }
-        self.log.flush(tx).await?;
         Ok(())
     }
 
@@ -289,22 +288,31 @@ impl Job<'_> {
         segments::load(self.ctx, self.cmd, person, cio_id, snapshot).await
     }
 
+    /// Whether this command's segments cost no call (given in the URL, or in the batch's snapshot).
+    fn segments_are_free(&self) -> bool {
+        self.cmd.tags.is_some() || self.pre.is_some_and(|p| p.snapshot.is_some())
+    }
+
     async fn update_tags(&mut self) -> Result<Outcome, Failure> {
         let cmd = self.cmd;
         let emails = vec![cmd.contact.email.clone()];
-        let found = {
-            let mut conn = self.ctx.pool.acquire().await?;
-            store::find_user(&mut conn, cmd.contact.cio_id.as_deref(), &emails).await?
-        };
-        let Some(user) = found else {
-            self.no_user();
-            return self.finish_without_user(Outcome::NoUser).await;
-        };
         if let Some(None) = self.pre.and_then(|p| p.customer(&cmd.contact.email)) {
             self.not_found();
             return self.finish_without_user(Outcome::ContactNotFound).await;
         }
-        let cio_id = user.cio_id.clone().or_else(|| cmd.contact.cio_id.clone());
+        // Without a local user no call is spent: look first, unless the segments are free anyway.
+        let mut cio_id = cmd.contact.cio_id.clone();
+        if !self.segments_are_free() {
+            let found = {
+                let mut conn = self.ctx.pool.acquire().await?;
+                store::find_user(&mut conn, cmd.contact.cio_id.as_deref(), &emails).await?
+            };
+            let Some(user) = found else {
+                self.no_user();
+                return self.finish_without_user(Outcome::NoUser).await;
+            };
+            cio_id = user.cio_id.or(cio_id);
+        }
         let person = cio_id
             .as_deref()
             .map(PersonRef::cio_id)
@@ -314,9 +322,7 @@ impl Job<'_> {
             return self.finish_without_user(Outcome::ContactNotFound).await;
         };
         let mut tx = self.ctx.pool.begin().await?;
-        store::lock_contact(&mut tx, user.cio_id.as_deref().unwrap_or(&user.email)).await?;
-        let Some(user) = store::find_user(&mut tx, user.cio_id.as_deref(), std::slice::from_ref(&user.email)).await?
-        else {
+        let Some(user) = store::find_user_for_update(&mut tx, cio_id.as_deref(), &emails).await? else {
             tx.rollback().await?;
             self.no_user();
             return self.finish_without_user(Outcome::NoUser).await;
@@ -360,11 +366,15 @@ impl Job<'_> {
                 emails.push(e);
             }
         }
-        let existing = {
+        // Look before spending the segments call (update) or hashing a password (add); an update
+        // whose segments are free goes straight to the transaction.
+        let existing = if cmd.action == Action::Update && self.segments_are_free() {
+            None
+        } else {
             let mut conn = ctx.pool.acquire().await?;
             store::find_user(&mut conn, cio_id.as_deref(), &emails).await?
         };
-        if existing.is_none() && cmd.action == Action::Update {
+        if existing.is_none() && cmd.action == Action::Update && !self.segments_are_free() {
             self.no_user();
             return self.finish_without_user(Outcome::NoUser).await;
         }
@@ -375,13 +385,19 @@ impl Job<'_> {
         };
         // Hash outside the transaction (Argon2 is deliberately slow); discarded if a user appears meanwhile.
         let mut prepared = match existing {
-            None => Some(users::prepare_password(ctx, &mapped).await?),
-            Some(_) => None,
+            None if cmd.action == Action::Add => Some(users::prepare_password(ctx, &mapped).await?),
+            _ => None,
         };
 
         let mut tx = ctx.pool.begin().await?;
-        store::lock_contact(&mut tx, cio_id.as_deref().unwrap_or(&cmd.contact.email)).await?;
-        let (user_id, created) = match store::find_user(&mut tx, cio_id.as_deref(), &emails).await? {
+        let found = if cmd.action == Action::Add {
+            // Creation: serialise every add of this contact, so that exactly one creates the user.
+            store::lock_contact(&mut tx, cio_id.as_deref().unwrap_or(&cmd.contact.email)).await?;
+            store::find_user(&mut tx, cio_id.as_deref(), &emails).await?
+        } else {
+            store::find_user_for_update(&mut tx, cio_id.as_deref(), &emails).await?
+        };
+        let (user_id, created) = match found {
             Some(user) => {
                 users::refresh(&mut tx, cmd, &user, &customer, &mapped, cio_id.as_deref(), self.log).await?;
                 if cmd.action == Action::Add {

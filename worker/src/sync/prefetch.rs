@@ -35,6 +35,8 @@ pub struct Snapshot {
     /// App API calls the snapshot cost.
     pub calls: usize,
     pub segment_count: usize,
+    /// Segment names from the catalogue read with the snapshot.
+    pub names: HashMap<i64, String>,
     by_cio: HashMap<String, BTreeSet<i64>>,
     by_email: HashMap<String, BTreeSet<i64>>,
 }

@@ -38,7 +38,17 @@ pub async fn load(
             Err(e) => return Err(e.into()),
         },
     };
-    let (mut names, complete) = store::segment_names(&ctx.pool, &ids).await?;
+    let snapshot_names = snapshot.filter(|_| cmd.tags.is_none()).map(|s| &s.names);
+    let (mut names, complete) = match snapshot_names {
+        // The snapshot read the whole catalogue (names and types) moments ago.
+        Some(n) => (
+            ids.iter()
+                .filter_map(|id| n.get(id).map(|v| (*id, v.clone())))
+                .collect(),
+            true,
+        ),
+        None => store::segment_names(&ctx.pool, &ids).await?,
+    };
     if !complete {
         // An id the catalogue does not know (or knows without its type): refresh it from Customer.io.
         let all = ctx.cio.segments().await?;

@@ -29,19 +29,46 @@ pub async fn find_user(
     cio_id: Option<&str>,
     emails: &[String],
 ) -> Result<Option<UserRow>, sqlx::Error> {
-    let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
-    sqlx::query_as(
+    find_user_sql(conn, FIND_USER, cio_id, emails).await
+}
+
+/// Like [`find_user`], and locks the user's row until the transaction ends.
+pub async fn find_user_for_update(
+    conn: &mut PgConnection,
+    cio_id: Option<&str>,
+    emails: &[String],
+) -> Result<Option<UserRow>, sqlx::Error> {
+    find_user_sql(conn, concat_find_for_update(), cio_id, emails).await
+}
+
+macro_rules! find_user_query {
+    () => {
         "select u.id, u.email, u.username, u.role, u.cio_id, u.customer_id, u.first_name, u.last_name,
                 u.display_name, r.protected
          from users u join roles r on r.name = u.role
          where ($1::text is not null and u.cio_id = $1) or lower(u.email) = any($2)
          order by (u.cio_id is not distinct from $1) desc, u.id
-         limit 1",
-    )
-    .bind(cio_id)
-    .bind(&lowered)
-    .fetch_optional(conn)
-    .await
+         limit 1"
+    };
+}
+const FIND_USER: &str = find_user_query!();
+
+const fn concat_find_for_update() -> &'static str {
+    concat!(find_user_query!(), " for update of u")
+}
+
+async fn find_user_sql(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    cio_id: Option<&str>,
+    emails: &[String],
+) -> Result<Option<UserRow>, sqlx::Error> {
+    let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+    sqlx::query_as(sql)
+        .bind(cio_id)
+        .bind(&lowered)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Serialises every writer of one contact until the transaction ends (many `add`s at once).
@@ -186,20 +213,19 @@ pub async fn replace_segments(
     ids: &BTreeSet<i64>,
 ) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
     let wanted: Vec<i64> = ids.iter().copied().collect();
-    let removed: Vec<i64> = sqlx::query_scalar(
-        "delete from user_segments where user_id = $1 and not (segment_id = any($2)) returning segment_id",
+    let (added, removed): (Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "with removed as (
+             delete from user_segments where user_id = $1 and not (segment_id = any($2)) returning segment_id
+         ), added as (
+             insert into user_segments (user_id, segment_id) select $1, unnest($2::bigint[])
+             on conflict do nothing returning segment_id
+         )
+         select coalesce((select array_agg(segment_id) from added), '{}'),
+                coalesce((select array_agg(segment_id) from removed), '{}')",
     )
     .bind(user_id)
     .bind(&wanted)
-    .fetch_all(&mut *conn)
-    .await?;
-    let added: Vec<i64> = sqlx::query_scalar(
-        "insert into user_segments (user_id, segment_id) select $1, unnest($2::bigint[])
-         on conflict do nothing returning segment_id",
-    )
-    .bind(user_id)
-    .bind(&wanted)
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await?;
     Ok((added, removed))
 }
