@@ -63,6 +63,8 @@ pub struct Publisher {
     timeout: Duration,
     name: Arc<str>,
     state: Arc<Mutex<State>>,
+    /// A copy of the open link for the lock-free-ish fast path.
+    fast: Arc<std::sync::RwLock<Option<Link>>>,
 }
 
 impl Publisher {
@@ -77,6 +79,7 @@ impl Publisher {
                 link: None,
                 last_failure: None,
             })),
+            fast: Default::default(),
         }
     }
 
@@ -133,7 +136,18 @@ impl Publisher {
         self.state.lock().await.link.as_ref().is_some_and(Link::is_open)
     }
 
+    /// The open link; the fast path takes only a short read lock, so concurrent publishes never
+    /// queue behind each other. Connecting is serialised by the state mutex.
     async fn link(&self) -> Result<Link, PublishError> {
+        if let Some(l) = self
+            .fast
+            .read()
+            .expect("lock poisoned")
+            .as_ref()
+            .filter(|l| l.is_open())
+        {
+            return Ok(l.clone());
+        }
         let mut st = self.state.lock().await;
         if let Some(l) = &st.link {
             if l.is_open() {
@@ -150,6 +164,7 @@ impl Publisher {
             Ok(l) => {
                 st.link = Some(l.clone());
                 st.last_failure = None;
+                *self.fast.write().expect("lock poisoned") = Some(l.clone());
                 Ok(l)
             }
             Err(e) => {
@@ -176,6 +191,12 @@ impl Publisher {
     }
 
     async fn drop_link(&self, broken: &Link) {
+        {
+            let mut fast = self.fast.write().expect("lock poisoned");
+            if fast.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, &broken.conn)) {
+                *fast = None;
+            }
+        }
         let mut st = self.state.lock().await;
         if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, &broken.conn)) {
             st.link = None;
