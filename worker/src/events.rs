@@ -38,6 +38,9 @@ struct Line {
     context: Option<Value>,
 }
 
+/// The log lines as the columns `unnest` takes: times, levels, messages, contexts.
+type Columns = (Vec<DateTime<Utc>>, Vec<&'static str>, Vec<String>, Vec<Value>);
+
 /// Lines gathered while an event is processed, written in the same transaction as its effects.
 pub struct EventLog {
     event_id: Uuid,
@@ -86,7 +89,7 @@ impl EventLog {
     }
 
     /// The gathered lines as columns (and forgets them).
-    fn take_columns(&mut self) -> (Vec<DateTime<Utc>>, Vec<&'static str>, Vec<String>, Vec<Value>) {
+    fn take_columns(&mut self) -> Columns {
         let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for l in self.lines.drain(..) {
             cols.0.push(l.at);
