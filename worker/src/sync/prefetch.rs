@@ -87,6 +87,12 @@ impl Snapshots {
                 *g = Some(s);
                 continue;
             }
+            // A snapshot serves webhooks received at least the skew margin before it: taking one
+            // sooner would not serve this batch, and would only be taken again.
+            let ready_at = received + CLOCK_SKEW_MARGIN;
+            if let Ok(early) = (ready_at - Utc::now()).to_std() {
+                tokio::time::sleep(early).await;
+            }
             match coalesce::claim_key(&ctx.pool, SNAPSHOT_KEY.into(), received, Uuid::new_v4()).await? {
                 coalesce::Verdict::Claimed(claim) => match take(ctx, &claim).await {
                     Ok(s) => {
