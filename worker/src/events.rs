@@ -122,47 +122,24 @@ impl EventLog {
     }
 }
 
-/// What `begin` found.
-pub enum Begin {
-    /// Go ahead; this is processing attempt `n` (1 for the first).
-    Proceed { attempt: i32 },
-    /// The event already finished with this status (a redelivery after the commit).
-    AlreadyDone(String),
+/// A finished coalescing claim to record with the outcome (see `sync::coalesce`).
+pub struct ClaimDone<'a> {
+    pub key: &'a str,
+    /// When the claim was taken (identifies it).
+    pub claimed_at: DateTime<Utc>,
+    /// When the sync's data was read (the claim time, or earlier for a shared snapshot).
+    pub started_at: DateTime<Utc>,
 }
 
-/// Marks the event as being processed, creating its row on the first attempt.
-pub async fn begin(pool: &PgPool, cmd: &SyncV1) -> Result<Begin, sqlx::Error> {
-    let (status, attempts): (String, i32) = sqlx::query_as(
-        "insert into webhook_events (event_id, action, email, status, attempts, received_at)
-         values ($1, $2, $3, 'processing', 1, $4)
-         on conflict (event_id) do update set
-             attempts = webhook_events.attempts + case when webhook_events.status = any($5) then 0 else 1 end,
-             status = case when webhook_events.status = any($5) then webhook_events.status else 'processing' end,
-             updated_at = now()
-         returning status, attempts",
-    )
-    .bind(cmd.event_id)
-    .bind(cmd.action.as_str())
-    .bind(&cmd.contact.email)
-    .bind(cmd.received_at)
-    .bind(&FINAL_STATUSES[..])
-    .fetch_one(pool)
-    .await?;
-    Ok(if FINAL_STATUSES.contains(&status.as_str()) {
-        Begin::AlreadyDone(status)
-    } else {
-        Begin::Proceed { attempt: attempts }
-    })
-}
-
-/// Records the final outcome and writes the gathered log lines, in one statement (inside the
-/// transaction that made the event's effects).
+/// Records the final outcome, writes the gathered log lines and, for a claimed sync, records it
+/// as finished — in one statement, inside the transaction that made the event's effects.
 pub async fn finish(
     conn: &mut PgConnection,
     event_id: Uuid,
     status: &str,
     user_id: Option<i64>,
     log: &mut EventLog,
+    claim: Option<ClaimDone<'_>>,
 ) -> Result<(), sqlx::Error> {
     let (at, level, message, context) = log.take_columns();
     sqlx::query(
@@ -170,6 +147,15 @@ pub async fn finish(
              update webhook_events set status = $2, user_id = coalesce($3, user_id), finished_at = now(),
                  last_error = case when $2 = 'rejected' then last_error else null end, updated_at = now()
              where event_id = $1
+         ), synced as (
+             update contact_syncs set
+                 last_started_at = greatest(coalesce(last_started_at, $9), $9),
+                 last_event_id = case when $9 >= coalesce(last_started_at, $9) then $1 else last_event_id end,
+                 last_status = case when $9 >= coalesce(last_started_at, $9) then $2 else last_status end,
+                 running_until = case when running_started_at = $10 then null else running_until end,
+                 running_event_id = case when running_started_at = $10 then null else running_event_id end,
+                 running_started_at = case when running_started_at = $10 then null else running_started_at end
+             where key = $8
          )
          insert into event_log (event_id, at, level, message, context)
          select $1, a, l, m, nullif(c, 'null'::jsonb)
@@ -182,6 +168,9 @@ pub async fn finish(
     .bind(level)
     .bind(message)
     .bind(context)
+    .bind(claim.as_ref().map(|c| c.key))
+    .bind(claim.as_ref().map(|c| c.started_at))
+    .bind(claim.as_ref().map(|c| c.claimed_at))
     .execute(conn)
     .await?;
     Ok(())

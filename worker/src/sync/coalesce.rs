@@ -74,9 +74,49 @@ pub async fn claim_key(
             .bind(claimer)
             .fetch_one(pool)
             .await?;
-    Ok(match verdict.as_str() {
+    Ok(to_verdict(&verdict, event, status, started, key))
+}
+
+/// Records the attempt in `webhook_events` and takes one claim step, in one round trip.
+/// `Err(status)` when the event had already finished with `status`.
+pub async fn start_event(pool: &PgPool, cmd: &SyncV1) -> Result<(i32, Result<Verdict, String>), sqlx::Error> {
+    type Row = (
+        String,
+        i32,
+        Option<String>,
+        Option<Uuid>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    );
+    let key = key(cmd);
+    let (status, attempts, verdict, by, by_status, started): Row =
+        sqlx::query_as("select * from start_event($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(cmd.event_id)
+            .bind(cmd.action.as_str())
+            .bind(&cmd.contact.email)
+            .bind(cmd.received_at)
+            .bind(&crate::events::FINAL_STATUSES[..])
+            .bind(&key)
+            .bind(cmd.received_at + CLOCK_SKEW_MARGIN)
+            .bind(LEASE.as_secs_f64())
+            .fetch_one(pool)
+            .await?;
+    let Some(verdict) = verdict else {
+        return Ok((attempts, Err(status)));
+    };
+    Ok((attempts, Ok(to_verdict(&verdict, by, by_status, started, key))))
+}
+
+fn to_verdict(
+    verdict: &str,
+    by: Option<Uuid>,
+    status: Option<String>,
+    started: Option<DateTime<Utc>>,
+    key: String,
+) -> Verdict {
+    match verdict {
         "satisfied" => Verdict::Satisfied {
-            by: event.unwrap_or_default(),
+            by: by.unwrap_or_default(),
             status: status.unwrap_or_else(|| "succeeded".into()),
         },
         "busy" => Verdict::Busy,
@@ -84,7 +124,7 @@ pub async fn claim_key(
             key,
             started_at: started.unwrap_or_else(Utc::now),
         }),
-    })
+    }
 }
 
 /// Claims, waiting while another sync of the same key runs (bounded by the lease).
@@ -102,34 +142,28 @@ pub async fn claim_waiting(pool: &PgPool, cmd: &SyncV1) -> Result<Verdict, sqlx:
     }
 }
 
-/// Records the finished sync (in the transaction of its effects). `data_from` is when the data it
-/// used was read from Customer.io, if earlier than the claim (a shared membership snapshot).
+/// Records a finished claim that has no event of its own (a membership snapshot), in the
+/// transaction of its effects. Commands record theirs with their outcome (`events::finish`).
 pub async fn complete(
     conn: &mut PgConnection,
     claim: &Claim,
     data_from: Option<DateTime<Utc>>,
-    event_id: Uuid,
-    status: &str,
+    id: Uuid,
 ) -> Result<(), sqlx::Error> {
-    let effective = data_from.map_or(claim.started_at, |d| d.min(claim.started_at));
-    sqlx::query(
-        "update contact_syncs set
-             last_started_at = greatest(coalesce(last_started_at, $2), $2),
-             last_event_id = case when $2 >= coalesce(last_started_at, $2) then $3 else last_event_id end,
-             last_status = case when $2 >= coalesce(last_started_at, $2) then $4 else last_status end,
-             running_until = case when running_started_at = $5 then null else running_until end,
-             running_event_id = case when running_started_at = $5 then null else running_event_id end,
-             running_started_at = case when running_started_at = $5 then null else running_started_at end
-         where key = $1",
+    let done = crate::events::ClaimDone {
+        key: &claim.key,
+        claimed_at: claim.started_at,
+        started_at: data_from.map_or(claim.started_at, |d| d.min(claim.started_at)),
+    };
+    crate::events::finish(
+        conn,
+        id,
+        "succeeded",
+        None,
+        &mut crate::events::EventLog::new(id),
+        Some(done),
     )
-    .bind(&claim.key)
-    .bind(effective)
-    .bind(event_id)
-    .bind(status)
-    .bind(claim.started_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Gives the claim up after a failure, so that a waiting duplicate can sync at once.

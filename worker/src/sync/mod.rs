@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     cio::{types::Customer, CioClient, CioError, PersonRef},
-    events::{self, Begin, EventLog},
+    events::{self, EventLog},
     fieldmap::{FieldMap, Mapped, UserField},
     secretbox::SecretBox,
 };
@@ -132,9 +132,9 @@ pub enum Start {
 
 /// Records the event and tries to claim its sync (without waiting).
 pub async fn start(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Start, Failure> {
-    let attempt = match events::begin(&ctx.pool, cmd).await? {
-        Begin::AlreadyDone(status) => return Ok(Start::Done(Outcome::AlreadyDone(status))),
-        Begin::Proceed { attempt } => attempt,
+    let (attempt, verdict) = match coalesce::start_event(&ctx.pool, cmd).await? {
+        (_, Err(status)) => return Ok(Start::Done(Outcome::AlreadyDone(status))),
+        (attempt, Ok(v)) => (attempt, v),
     };
     let suffix = if attempt > 1 {
         format!(" (attempt {attempt})")
@@ -145,7 +145,7 @@ pub async fn start(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<St
         "Received {} webhook for contact {}{suffix}",
         cmd.action, cmd.contact.email
     ));
-    verdict(ctx, cmd, log, coalesce::claim(&ctx.pool, cmd).await?).await
+    self::verdict(ctx, cmd, log, verdict).await
 }
 
 async fn verdict(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog, v: coalesce::Verdict) -> Result<Start, Failure> {
@@ -230,11 +230,13 @@ struct Job<'a> {
 impl Job<'_> {
     /// Records the event's end, its log, and the finished claim, in the transaction `tx`.
     async fn close(&mut self, tx: &mut sqlx::PgConnection, status: &str, user_id: Option<i64>) -> Result<(), Failure> {
-        events::finish(tx, self.cmd.event_id, status, user_id, self.log).await?;
-        if let Some(c) = &self.claim {
-            let data_from = self.pre.and_then(|p| p.at);
-            coalesce::complete(tx, c, data_from, self.cmd.event_id, status).await?;
-        }
+        let data_from = self.pre.and_then(|p| p.at);
+        let done = self.claim.as_ref().map(|c| events::ClaimDone {
+            key: &c.key,
+            claimed_at: c.started_at,
+            started_at: data_from.map_or(c.started_at, |d| d.min(c.started_at)),
+        });
+        events::finish(tx, self.cmd.event_id, status, user_id, self.log, done).await?;
         Ok(())
     }
 

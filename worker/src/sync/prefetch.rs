@@ -227,7 +227,7 @@ async fn take(ctx: &SyncCtx, claim: &coalesce::Claim) -> Result<Arc<Snapshot>, F
     .bind(SNAPSHOTS_KEPT)
     .execute(&mut *tx)
     .await?;
-    coalesce::complete(&mut tx, claim, None, Uuid::new_v4(), "succeeded").await?;
+    coalesce::complete(&mut tx, claim, None, Uuid::new_v4()).await?;
     tx.commit().await?;
     metrics::counter!("cio_worker_snapshots_total").increment(1);
     tracing::info!(
