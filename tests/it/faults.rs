@@ -18,7 +18,7 @@ use testkit::{
     wait_until, TestEnv,
 };
 
-use crate::pipeline::send;
+use testkit::send;
 
 async fn wait_status(env: &TestEnv, event: &str, want: &str, within: Duration) {
     wait_until(&format!("event {event} to be {want}"), within, || async {

@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use shared::command::{Action, Contact, SyncV1};
 use testkit::{
-    env::{ACCESS_KEY, SECRETS_KEY},
+    env::SECRETS_KEY,
     sim::{Api, Fault, FaultKind, RecordedRequest},
     smtp::SmtpSink,
     wait_until, TestEnv,
@@ -64,17 +64,7 @@ impl Captured {
 
 /// Queues an `add` through the real ingress; returns the event id.
 async fn add(ingress: &str, email: &str, notify: bool) -> String {
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{ingress}/?wpf_action=add&access_key={ACCESS_KEY}&send_notification={notify}"
-        ))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["event_id"].as_str().unwrap().to_string()
+    testkit::send(ingress, &format!("wpf_action=add&send_notification={notify}"), email).await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -1,20 +1,8 @@
 //! The whole path through the real broker: ingress → RabbitMQ → several workers → Postgres.
 
 use futures_util::future::join_all;
-use serde_json::{json, Value};
-use testkit::{env::ACCESS_KEY, TestEnv};
-
-pub async fn send(url: &str, query: &str, email: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{url}/?access_key={ACCESS_KEY}&{query}"))
-        .json(&json!({ "email": email }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["event_id"].as_str().unwrap().to_string()
-}
+use serde_json::json;
+use testkit::{send, TestEnv};
 
 #[tokio::test]
 async fn thirty_concurrent_adds_on_three_workers_make_exactly_one_user() {

@@ -5,7 +5,7 @@ use futures_util::{stream, StreamExt};
 use serde_json::json;
 use testkit::{sim::SimConfig, TestEnv};
 
-use crate::pipeline::send;
+use testkit::send;
 
 /// Sends webhooks with bounded concurrency; returns their event ids.
 async fn send_many(url: &str, query: &str, emails: Vec<String>) -> Vec<String> {
@@ -17,6 +17,15 @@ async fn send_many(url: &str, query: &str, emails: Vec<String>) -> Vec<String> {
         .buffer_unordered(32)
         .collect()
         .await
+}
+
+/// "METHOD /path" of every request the simulator received.
+fn request_lines(env: &TestEnv) -> Vec<String> {
+    env.simh
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
 }
 
 async fn count(env: &TestEnv, sql: &str) -> i64 {
@@ -73,12 +82,7 @@ async fn a_lone_webhook_takes_the_single_calls() {
     env.start_worker(env.worker_settings()).await;
     let id = send(&url, "wpf_action=add", "alone@example.com").await;
     assert_eq!(env.wait_final(&id).await, "succeeded");
-    let paths: Vec<String> = env
-        .simh
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let paths = request_lines(&env);
     assert!(
         paths
             .iter()
@@ -188,12 +192,7 @@ async fn run_world(batch_size: usize) -> (String, usize, Vec<String>) {
         env.wait_final(id).await;
     }
     let calls = env.simh.app_request_count();
-    let paths: Vec<String> = env
-        .simh
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let paths = request_lines(&env);
     (dump(&env).await, calls, paths)
 }
 

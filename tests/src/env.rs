@@ -308,3 +308,17 @@ impl Drop for TestEnv {
         let _ = std::thread::spawn(move || c()).join();
     }
 }
+
+/// Sends one webhook through a running ingress (`?access_key=…&{query}`, JSON body with the
+/// e-mail), asserts the 200, and returns the event id.
+pub async fn send(url: &str, query: &str, email: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/?access_key={ACCESS_KEY}&{query}"))
+        .json(&serde_json::json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "webhook for {email} was not queued");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["event_id"].as_str().unwrap().to_string()
+}

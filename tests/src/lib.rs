@@ -9,5 +9,5 @@ pub mod sim;
 pub mod smtp;
 pub mod wait;
 
-pub use env::TestEnv;
+pub use env::{send, TestEnv};
 pub use wait::wait_until;

@@ -88,10 +88,15 @@ pub async fn webhooks(
             (lat, failures)
         });
     }
+    collect(tasks, total, started).await
+}
+
+/// Gathers the latencies and failures of the load tasks into a [`Run`].
+async fn collect(mut tasks: tokio::task::JoinSet<(Vec<Duration>, usize)>, total: usize, started: Instant) -> Run {
     let mut latencies = Vec::with_capacity(total);
     let mut failures = 0;
     while let Some(r) = tasks.join_next().await {
-        let (l, f) = r.unwrap();
+        let (l, f) = r.expect("load task");
         latencies.extend(l);
         failures += f;
     }
@@ -160,19 +165,5 @@ pub async fn publishes(
             (lat, failures)
         });
     }
-    let mut latencies = Vec::with_capacity(total);
-    let mut failures = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (l, f) = r.unwrap();
-        latencies.extend(l);
-        failures += f;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Run {
-        count: total,
-        failures,
-        elapsed,
-        latencies,
-    }
+    collect(tasks, total, started).await
 }
