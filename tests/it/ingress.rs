@@ -265,3 +265,19 @@ async fn nacked_publish_is_503() {
     assert_eq!(status, 503);
     assert!(v["error"].as_str().unwrap().contains("nack"), "{v}");
 }
+
+#[tokio::test]
+async fn readiness_checks_the_broker_and_the_commands_queue() {
+    let mut env = TestEnv::new().await;
+    let url = env.start_ingress().await;
+    assert_eq!(reqwest::get(format!("{url}/readyz")).await.unwrap().status(), 200);
+    let (_conn, ch) = env.channel().await;
+    ch.queue_delete(env.names().commands_queue().as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503, "a missing commands queue is not ready");
+    assert!(r.headers().get("retry-after").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("commands queue"), "{body}");
+}
