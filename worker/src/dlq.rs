@@ -253,6 +253,45 @@ pub fn age(t: Option<DateTime<Utc>>) -> String {
 mod tests {
     use super::*;
 
+    fn dead(event_id: &str, action: &str, failed_hours_ago: i64) -> DeadLetter {
+        DeadLetter {
+            delivery_tag: 1,
+            event_id: event_id.into(),
+            action: action.into(),
+            contact: "a@b.co".into(),
+            attempts: 3,
+            error: "boom".into(),
+            first_failure: None,
+            last_failure: Some(Utc::now() - chrono::Duration::hours(failed_hours_ago)),
+            body: Vec::new(),
+            properties: BasicProperties::default(),
+        }
+    }
+
+    #[test]
+    fn replay_filters_combine_ids_action_and_age() {
+        let (a, b, c) = (dead("E1", "add", 1), dead("E2", "update", 1), dead("E3", "add", 30));
+        let ids = Filter {
+            ids: vec!["e1".into()],
+            ..Default::default()
+        };
+        assert!(ids.matches(&a) && !ids.matches(&b), "ids match case-insensitively");
+        let adds = Filter {
+            all: true,
+            action: Some("add".into()),
+            ..Default::default()
+        };
+        assert!(adds.matches(&a) && !adds.matches(&b) && adds.matches(&c));
+        let recent = Filter {
+            all: true,
+            action: Some("add".into()),
+            since: Some(parse_since("2h").unwrap()),
+            ..Default::default()
+        };
+        assert!(recent.matches(&a) && !recent.matches(&c));
+        assert!(!Filter::default().matches(&a), "nothing unless ids or --all");
+    }
+
     #[test]
     fn since_accepts_times_and_ages() {
         assert!(parse_since("2026-11-27T06:00:00Z").is_ok());
