@@ -109,7 +109,10 @@ async fn add_creates_the_user_with_fields_segments_role_and_a_wp_fusion_style_lo
     assert_eq!(names, vec!["VIP:manual", "Trial:dynamic", "Newsletter:manual"]);
     let log = env.event_log(&c.event_id.to_string()).await;
     assert_eq!(log[0], "Received add webhook for contact Jane@Example.com");
-    assert!(log[1].starts_with("Loaded meta data from Customer.io: "), "{log:?}");
+    assert_eq!(
+        log[1],
+        "Loaded meta data from Customer.io: email: jane@example.com, First Name: Jane, Last Name: Doe"
+    );
     assert!(
         log.iter()
             .any(|l| l.starts_with(&format!("Created user #{user_id} (role customer"))),

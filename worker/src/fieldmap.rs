@@ -121,6 +121,9 @@ impl FieldMap {
             let Some(value) = attr_text(attributes.get(attr)) else {
                 continue;
             };
+            if *target != Target::Field(UserField::UserPass) {
+                out.loaded.push((attr.clone(), value.clone()));
+            }
             match target {
                 Target::Field(f) => {
                     out.fields.insert(*f, value);
@@ -169,6 +172,12 @@ mod tests {
         assert_eq!(m.get(UserField::UserPass), Some("s3cret-pass"));
         assert_eq!(m.meta.get("company_name").map(String::as_str), Some("Acme"));
         assert_eq!(m.meta.get("score").map(String::as_str), Some("42"));
+        let logged: Vec<&str> = m.loaded.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(
+            !logged.contains(&"pw"),
+            "the password is never listed for the log: {logged:?}"
+        );
+        assert_eq!(logged, vec!["company", "score", "username"]);
         assert!(map.maps(UserField::UserPass));
         assert!(!FieldMap::default().maps(UserField::UserPass));
     }
