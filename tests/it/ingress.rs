@@ -234,18 +234,7 @@ async fn nacked_publish_is_503() {
     // A max-length of 0 on a reject-publish queue makes the broker nack every publish.
     let policy = format!("{}-full", env.namespace);
     let pattern = format!("^{}\\.commands$", env.namespace);
-    let ok = std::process::Command::new("rabbitmqctl")
-        .args([
-            "set_policy",
-            "--apply-to",
-            "queues",
-            &policy,
-            &pattern,
-            r#"{"max-length":0}"#,
-        ])
-        .output()
-        .expect("rabbitmqctl is needed for this test (run as root on the broker's machine)");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let _policy = testkit::broker::Policy::set(&policy, &pattern, r#"{"max-length":0}"#);
     let (status, v, _) = testkit::wait_until("the policy to apply", Duration::from_secs(10), || {
         let url = url.clone();
         async move {
@@ -259,9 +248,6 @@ async fn nacked_publish_is_503() {
         }
     })
     .await;
-    let _ = std::process::Command::new("rabbitmqctl")
-        .args(["clear_policy", &policy])
-        .output();
     assert_eq!(status, 503);
     assert!(v["error"].as_str().unwrap().contains("nack"), "{v}");
 }

@@ -38,3 +38,23 @@ pub fn close_connections(namespace: &str) -> usize {
     }
     closed
 }
+
+/// A broker policy for one test, cleared when dropped (also when the test fails).
+pub struct Policy(String);
+
+impl Policy {
+    pub fn set(name: &str, pattern: &str, definition: &str) -> Policy {
+        let out = Command::new("rabbitmqctl")
+            .args(["set_policy", "--apply-to", "queues", name, pattern, definition])
+            .output()
+            .expect("rabbitmqctl is needed for this test (run as root on the broker's machine)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Policy(name.to_string())
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["clear_policy", &self.0]).output();
+    }
+}
