@@ -32,6 +32,10 @@ pub const DELIVERY_LIMIT: i64 = 5;
 pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000_000;
 
 /// The delayed-retry tiers: about 1 s → 10 s → 1 min → 10 min → 1 h.
+///
+/// Each tier has [`JITTER`] variants (one queue each, since a queue expires messages only at its
+/// head): a retry goes to one of them at random, so that commands that failed together do not
+/// all come back at the same moment.
 pub const RETRY_TIERS: [(&str, Duration); 5] = [
     ("1s", Duration::from_secs(1)),
     ("10s", Duration::from_secs(10)),
@@ -39,6 +43,41 @@ pub const RETRY_TIERS: [(&str, Duration); 5] = [
     ("10m", Duration::from_secs(600)),
     ("1h", Duration::from_secs(3600)),
 ];
+
+/// The jitter variants of every tier: a name and the factor applied to the tier's delay.
+pub const JITTER: [(&str, f64); 3] = [("a", 0.8), ("b", 1.0), ("c", 1.3)];
+
+/// A retry destination: the routing key on `{ns}.retry` and the delay its queue applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySlot {
+    pub routing_key: String,
+    pub delay: Duration,
+}
+
+/// Every retry queue: `(tier, variant, delay)`.
+pub fn retry_slots() -> impl Iterator<Item = (&'static str, &'static str, Duration)> {
+    RETRY_TIERS
+        .iter()
+        .flat_map(|(tier, base)| JITTER.iter().map(move |(v, f)| (*tier, *v, base.mul_f64(*f))))
+}
+
+/// The retry destination for a wanted delay: the shortest tier at least as long (the longest
+/// otherwise), in the variant `pick` (0..JITTER.len(), e.g. random).
+/// Variants shorter than `wanted` (a 429's Retry-After) are skipped, so a delay is never shorter
+/// than asked.
+pub fn retry_slot(wanted: Duration, pick: usize) -> RetrySlot {
+    let (tier, base) = tier_for(wanted);
+    let long_enough: Vec<(&str, Duration)> = JITTER
+        .iter()
+        .map(|(v, f)| (*v, base.mul_f64(*f)))
+        .filter(|(_, d)| *d >= wanted || wanted > base)
+        .collect();
+    let (variant, delay) = long_enough[pick % long_enough.len()];
+    RetrySlot {
+        routing_key: format!("{tier}.{variant}"),
+        delay,
+    }
+}
 
 /// All exchange and queue names of one namespace (`AMQP_NAMESPACE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +109,14 @@ impl Names {
     pub fn retry_exchange(&self) -> String {
         format!("{}.retry", self.ns)
     }
-    pub fn retry_queue(&self, tier: &str) -> String {
-        format!("{}.retry.{tier}", self.ns)
+    /// The queue of one retry slot (`routing_key` is `{tier}.{variant}`).
+    pub fn retry_queue(&self, routing_key: &str) -> String {
+        format!("{}.retry.{routing_key}", self.ns)
     }
     /// Every queue, for deletion and inspection.
     pub fn all_queues(&self) -> Vec<String> {
         let mut q = vec![self.commands_queue(), self.dead_queue()];
-        q.extend(RETRY_TIERS.iter().map(|(t, _)| self.retry_queue(t)));
+        q.extend(retry_slots().map(|(t, v, _)| self.retry_queue(&format!("{t}.{v}"))));
         q
     }
     pub fn all_exchanges(&self) -> Vec<String> {
@@ -186,8 +226,9 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     )
     .await?;
 
-    for (tier, delay) in RETRY_TIERS {
-        let q = names.retry_queue(tier);
+    for (tier, variant, delay) in retry_slots() {
+        let key = format!("{tier}.{variant}");
+        let q = names.retry_queue(&key);
         let args = quorum_args(&[
             ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
             ("x-dead-letter-exchange", s(&commands)),
@@ -199,7 +240,7 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
         ch.queue_bind(
             q.as_str().into(),
             retry.as_str().into(),
-            tier.into(),
+            key.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -230,8 +271,26 @@ mod tests {
         let n = Names::new("acme");
         assert_eq!(n.commands_exchange(), "acme.commands");
         assert_eq!(n.dead_queue(), "acme.dead");
-        assert_eq!(n.retry_queue("10s"), "acme.retry.10s");
-        assert_eq!(n.all_queues().len(), 7);
+        assert_eq!(n.retry_queue("10s.b"), "acme.retry.10s.b");
+        assert_eq!(n.all_queues().len(), 2 + 15);
+    }
+
+    #[test]
+    fn retry_slots_spread_each_tier() {
+        let s = retry_slot(Duration::from_secs(5), 0);
+        assert_eq!(
+            s,
+            RetrySlot {
+                routing_key: "10s.a".into(),
+                delay: Duration::from_secs(8)
+            }
+        );
+        assert_eq!(retry_slot(Duration::from_secs(5), 2).delay, Duration::from_secs(13));
+        // A Retry-After of 1 s never gets the 0.8 s variant.
+        for pick in 0..6 {
+            assert!(retry_slot(Duration::from_secs(1), pick).delay >= Duration::from_secs(1));
+        }
+        assert_eq!(retry_slots().count(), 15);
     }
 
     #[test]

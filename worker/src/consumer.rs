@@ -19,7 +19,7 @@ use shared::{
     config::AmqpSettings,
     headers,
     publisher::Publisher,
-    topology::{self, tier_for, Names, RETRY_TIERS},
+    topology::{self, Names, RETRY_TIERS},
 };
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +74,20 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
 /// The delay before attempt `attempt + 1`: the tiers in order, then the longest.
 pub fn retry_delay(attempt: u32) -> Duration {
     RETRY_TIERS[(attempt.saturating_sub(1) as usize).min(RETRY_TIERS.len() - 1)].1
+}
+
+/// "0.8s", "13s", "8m", "1h 18m": a delay for the event log.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{:.1}s", s).replace(".0s", "s")
+    } else if s < 120.0 {
+        format!("{}s", s.round())
+    } else if s < 3600.0 {
+        format!("{}m", (s / 60.0).round())
+    } else {
+        format!("{}h {}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).round())
+    }
 }
 
 /// Copies `props` with the failure headers set.
@@ -234,11 +248,11 @@ impl Consumer {
                 }
                 Err(Failure::Transient { reason, retry_after }) if attempt < self.max_attempts => {
                     // A 429's Retry-After is a floor; the tiers still grow so that a long storm backs off.
-                    let delay = retry_after.unwrap_or_default().max(retry_delay(attempt));
-                    let (tier, tier_delay) = tier_for(delay);
+                    let wanted = retry_after.unwrap_or_default().max(retry_delay(attempt));
+                    let slot = topology::retry_slot(wanted, rand::random::<u8>() as usize);
                     log.warning(format!(
-                        "{reason}; retrying in about {}s (attempt {attempt} of {})",
-                        tier_delay.as_secs(),
+                        "{reason}; retrying in about {} (attempt {attempt} of {})",
+                        human(slot.delay),
                         self.max_attempts
                     ));
                     if let Err(e) = events::fail(&self.ctx.pool, log, Some(cmd), "retrying", &reason).await {
@@ -247,7 +261,7 @@ impl Consumer {
                     metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "retrying").increment(1);
                     let props = failure_properties(&delivery.properties, attempt, &reason);
                     let names = self.publisher.names();
-                    match self.publisher.publish(&names.retry_exchange(), tier, &delivery.data, props).await {
+                    match self.publisher.publish(&names.retry_exchange(), &slot.routing_key, &delivery.data, props).await {
                         Ok(()) => ack(delivery).await,
                         Err(e) => {
                             tracing::error!("could not schedule the retry ({e}); returning the command to the queue");
@@ -309,6 +323,15 @@ async fn requeue(d: &Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_read_well_in_the_log() {
+        assert_eq!(human(Duration::from_millis(800)), "0.8s");
+        assert_eq!(human(Duration::from_secs(1)), "1s");
+        assert_eq!(human(Duration::from_secs(13)), "13s");
+        assert_eq!(human(Duration::from_secs(480)), "8m");
+        assert_eq!(human(Duration::from_secs(4680)), "1h 18m");
+    }
 
     #[test]
     fn retry_delays_grow_through_the_tiers() {
