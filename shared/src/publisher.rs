@@ -92,10 +92,6 @@ impl Publisher {
         &self.url
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// True when a channel is open and the topology was declared on it; tries to connect if not.
     pub async fn ensure_connected(&self) -> Result<(), PublishError> {
         tokio::time::timeout(self.timeout, self.link())
@@ -129,11 +125,6 @@ impl Publisher {
         tokio::time::timeout(self.timeout, check)
             .await
             .map_err(|_| PublishError::Timeout(self.timeout))?
-    }
-
-    /// Whether the link is up right now, without trying to connect.
-    pub async fn is_connected(&self) -> bool {
-        self.state.lock().await.link.as_ref().is_some_and(Link::is_open)
     }
 
     /// The open link; the fast path takes only a short read lock, so concurrent publishes never

@@ -267,9 +267,15 @@ async fn broken_broker_connections_under_load_lose_no_acknowledged_webhook() {
     env.start_worker(env.worker_settings()).await;
     env.start_worker(env.worker_settings()).await;
     let ns = env.namespace.clone();
+    // Cut the namespace's connections three times while the webhooks flow: after 30, 70 and 110 answers.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = answered.clone();
     let cutter = tokio::spawn(async move {
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        for threshold in [30, 70, 110] {
+            wait_until("the load to reach the next cut", Duration::from_secs(60), || async {
+                (seen.load(std::sync::atomic::Ordering::SeqCst) >= threshold).then_some(())
+            })
+            .await;
             tokio::task::spawn_blocking({
                 let ns = ns.clone();
                 move || testkit::broker::close_connections(&ns)
@@ -295,6 +301,7 @@ async fn broken_broker_connections_under_load_lose_no_acknowledged_webhook() {
         .await;
         for r in batch {
             let r = r.unwrap();
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match r.status().as_u16() {
                 200 => accepted.push(
                     r.json::<serde_json::Value>().await.unwrap()["event_id"]

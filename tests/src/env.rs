@@ -3,7 +3,7 @@
 //! Dropping the environment stops what it started and deletes the database and the namespace,
 //! also when the test failed, so that nothing is left behind.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
 use shared::{config::AmqpSettings, topology::Names};
@@ -282,7 +282,7 @@ impl Drop for TestEnv {
         let db = self.db_name.clone();
         let names = self.names();
         let server = pg_server();
-        let cleanup = Arc::new(move || {
+        let cleanup = move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -301,11 +301,10 @@ impl Drop for TestEnv {
                         .await;
                 }
             });
-        });
+        };
         // The simulator's server task belongs to the test's runtime; dropping it stops it.
         drop(sim);
-        let c = cleanup.clone();
-        let _ = std::thread::spawn(move || c()).join();
+        let _ = std::thread::spawn(cleanup).join();
     }
 }
 

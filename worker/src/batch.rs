@@ -36,10 +36,7 @@ pub async fn process(consumer: Arc<Consumer>, batch: Vec<Delivery>, permits: Arc
                 items.push(Item { delivery, cmd, log });
             }
             Err(reason) => {
-                // The ingress's event id travels in a header too, so even this can be traced back.
-                let event_id = crate::consumer::header_str(&delivery.properties, shared::headers::EVENT_ID)
-                    .or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()))
-                    .unwrap_or_default();
+                let event_id = crate::consumer::event_id_of(&delivery.properties).unwrap_or_default();
                 tracing::error!(%event_id, %reason, "dead-lettering a message that is not a command");
                 let attempts = Consumer::attempts_before(&delivery) + 1;
                 consumer.dead_letter(&delivery, attempts, &reason).await;

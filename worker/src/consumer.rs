@@ -61,6 +61,16 @@ pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
+/// The ingress's event id of a message: its message id, else the `x-cio-event-id` header (both
+/// are set by the ingress, so even an undecodable message can be traced back).
+pub fn event_id_of(props: &BasicProperties) -> Option<String> {
+    props
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_string())
+        .or_else(|| header_str(props, headers::EVENT_ID))
+}
+
 /// Reads a string header.
 pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     let h = props.headers().as_ref()?;

@@ -45,12 +45,7 @@ impl DeadLetter {
         let (event_id, action, contact) = match &decoded {
             Some(Command::SyncV1(c)) => (c.event_id.to_string(), c.action.to_string(), c.contact.email.clone()),
             None => (
-                properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.as_str().to_string())
-                    .or_else(|| header_str(&properties, headers::EVENT_ID))
-                    .unwrap_or_else(|| "?".into()),
+                crate::consumer::event_id_of(&properties).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::ACTION).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::CONTACT).unwrap_or_else(|| "?".into()),
             ),

@@ -133,11 +133,6 @@ impl CioClient {
         })
     }
 
-    /// Whether Track credentials were configured (needed for the password return).
-    pub fn has_track_credentials(&self) -> bool {
-        self.track_auth.is_some()
-    }
-
     /// `GET /v1/customers/{id}/attributes` (§3.2).
     pub async fn attributes(&self, who: &PersonRef) -> Result<Customer, CioError> {
         let path = format!(

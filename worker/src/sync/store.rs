@@ -38,7 +38,7 @@ pub async fn find_user_for_update(
     cio_id: Option<&str>,
     emails: &[String],
 ) -> Result<Option<UserRow>, sqlx::Error> {
-    find_user_sql(conn, concat_find_for_update(), cio_id, emails).await
+    find_user_sql(conn, FIND_USER_FOR_UPDATE, cio_id, emails).await
 }
 
 macro_rules! find_user_query {
@@ -53,9 +53,7 @@ macro_rules! find_user_query {
 }
 const FIND_USER: &str = find_user_query!();
 
-const fn concat_find_for_update() -> &'static str {
-    concat!(find_user_query!(), " for update of u")
-}
+const FIND_USER_FOR_UPDATE: &str = concat!(find_user_query!(), " for update of u");
 
 async fn find_user_sql(
     conn: &mut PgConnection,
