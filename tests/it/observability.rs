@@ -83,22 +83,32 @@ async fn metrics_logs_and_redaction_after_real_traffic() {
         "{im}"
     );
     assert!(im.contains("cio_ingress_publish_seconds_count 1"), "{im}");
-    let wm = wait_until("the worker's gauges", Duration::from_secs(20), || async {
-        let m = scrape(&format!("{wurl}/metrics")).await;
-        (m.contains("cio_outbox_backlog") && m.contains("cio_dead_letters") && m.contains("cio_commands_queued"))
-            .then_some(m)
-    })
-    .await;
-    for series in [
+    // The simulator records the password return before the worker counts the delivery, and the
+    // gauges are refreshed every few seconds: poll until every series is there.
+    let expected = [
         r#"cio_worker_commands_total{action="add",outcome="succeeded"} 1"#,
         r#"cio_api_calls_total{endpoint="attributes",status="200"} 1"#,
         "cio_rate_limiter_wait_seconds_count",
         r#"cio_worker_lag_seconds_count{action="add"} 1"#,
         r#"cio_outbox_deliveries_total{kind="password_return",result="sent"} 1"#,
+        "cio_outbox_backlog",
         "cio_dead_letters 0",
         "cio_commands_queued",
-    ] {
-        assert!(wm.contains(series), "missing {series} in\n{wm}");
+    ];
+    let mut last = String::new();
+    let complete = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            last = scrape(&format!("{wurl}/metrics")).await;
+            if expected.iter().all(|s| last.contains(s)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if complete.is_err() {
+        let missing: Vec<_> = expected.iter().filter(|s| !last.contains(*s)).collect();
+        panic!("worker metrics still miss {missing:?} after 20 s:\n{last}");
     }
 
     assert!(ingress.terminate(Duration::from_secs(10)).unwrap().success());

@@ -131,8 +131,10 @@ impl Outbox {
             "welcome_email" => self.send_welcome(&mut tx, &row).await?,
             other => Delivery::Dead(format!("unknown outbox kind {other}")),
         };
-        self.record(&mut tx, &row, result).await?;
+        let counted = self.record(&mut tx, &row, result).await?;
         tx.commit().await?;
+        // Counted once the outcome is committed, so the metric never runs ahead of the table.
+        metrics::counter!("cio_outbox_deliveries_total", "kind" => row.kind.clone(), "result" => counted).increment(1);
         Ok(true)
     }
 
@@ -185,7 +187,13 @@ impl Outbox {
         })
     }
 
-    async fn record(&self, tx: &mut Transaction<'_, Postgres>, row: &Row, result: Delivery) -> Result<(), sqlx::Error> {
+    /// Writes the attempt's outcome and its event-log line; returns the outcome's metric label.
+    async fn record(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        row: &Row,
+        result: Delivery,
+    ) -> Result<&'static str, sqlx::Error> {
         let attempts = row.attempts + 1;
         let what = if row.kind == "password_return" {
             "the generated password to Customer.io"
@@ -264,13 +272,11 @@ impl Outbox {
             .bind(&message)
             .execute(&mut **tx)
             .await?;
-        metrics::counter!("cio_outbox_deliveries_total", "kind" => row.kind.clone(), "result" => match result {
+        Ok(match result {
             Delivery::Sent => "sent",
             Delivery::Retry { .. } if attempts < self.max_attempts => "retry",
             _ => "dead",
         })
-        .increment(1);
-        Ok(())
     }
 }
 
