@@ -86,6 +86,34 @@ async fn drain(env: &TestEnv, n: usize, limit: Duration) -> Instant {
     Instant::now()
 }
 
+/// App API calls answered, by endpoint (ids folded into `{id}`), most frequent first.
+fn calls_by_endpoint(env: &TestEnv) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for r in env.simh.requests() {
+        if r.api != crate::sim::Api::App || r.status == 0 {
+            continue;
+        }
+        let path: Vec<&str> = r
+            .path
+            .split('/')
+            .enumerate()
+            .map(|(i, part)| match (i, part) {
+                // /v1/customers/{id}/… and /v1/segments/{id}/…
+                (3, p) if p != "attributes" => "{id}",
+                (_, p) => p,
+            })
+            .collect();
+        *counts.entry(format!("{} {}", r.method, path.join("/"))).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts
+        .iter()
+        .map(|(e, n)| format!("{n} {e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss(p: &Proc) -> f64 {
     peak_rss_mb(p.child.id()).unwrap_or(f64::NAN)
 }
@@ -198,6 +226,7 @@ pub async fn run(o: Options) -> Report {
             o.contacts,
             env.simh.app_request_count()
         ));
+        r.line(format!("  calls: {}", calls_by_endpoint(&env)));
         r.target(
             format!("{rate:.0} syncs/s unthrottled with 2 workers (≥ 1,000/s)"),
             rate >= 1000.0,
@@ -233,6 +262,7 @@ pub async fn run(o: Options) -> Report {
             "worker, simulator at 10 req/s: burst of {} update webhooks ({} segments) with 4 workers: ingested in {:.1} s, drained in {secs:.1} s ({ok} succeeded), {calls} App API calls, {throttled} × 429",
             o.contacts, o.segments, ingested.as_secs_f64()
         ));
+        r.line(format!("  calls: {}", calls_by_endpoint(&env)));
         r.target(format!("burst drained in {secs:.1} s (≤ 30 s)"), secs <= 30.0);
         r.target(format!("{throttled} × 429 from the simulator (zero)"), throttled == 0);
         ingress.terminate(Duration::from_secs(10));
