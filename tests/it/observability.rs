@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use testkit::{
     env::{amqp_url, ACCESS_KEY, SECRETS_KEY},
     procs::{free_port, worker_env, Proc},
-    wait_until, TestEnv,
+    wait_for, wait_until, TestEnv,
 };
 
 async fn scrape(url: &str) -> String {
@@ -95,21 +95,16 @@ async fn metrics_logs_and_redaction_after_real_traffic() {
         "cio_dead_letters 0",
         "cio_commands_queued",
     ];
-    let mut last = String::new();
-    let complete = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            last = scrape(&format!("{wurl}/metrics")).await;
-            if expected.iter().all(|s| last.contains(s)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_for("every worker series", Duration::from_secs(20), || async {
+        let m = scrape(&format!("{wurl}/metrics")).await;
+        let missing: Vec<&str> = expected.iter().copied().filter(|s| !m.contains(s)).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?} in\n{m}"))
         }
     })
     .await;
-    if complete.is_err() {
-        let missing: Vec<_> = expected.iter().filter(|s| !last.contains(*s)).collect();
-        panic!("worker metrics still miss {missing:?} after 20 s:\n{last}");
-    }
 
     assert!(ingress.terminate(Duration::from_secs(10)).unwrap().success());
     assert!(worker.terminate(Duration::from_secs(15)).unwrap().success());

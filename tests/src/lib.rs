@@ -10,4 +10,4 @@ pub mod smtp;
 pub mod wait;
 
 pub use env::{send, TestEnv};
-pub use wait::wait_until;
+pub use wait::{wait_for, wait_until};

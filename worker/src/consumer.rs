@@ -47,7 +47,7 @@ pub struct Consumer {
 
 /// The longest a partial batch waits while another batch is being processed. Under a backlog each
 /// batch spends at least one App API call, so dispatching partial batches often spends the shared
-/// budget on small batches: at 500 ms a 10,000-webhook burst took 216–315 calls, at 2 s 173–175
+/// budget on small batches: at 500 ms a 10,000-webhook burst took 216–315 calls, at 2 s 173–212
 /// (`deploy/local/bench.sh`). A lone command on an idle worker still goes after `batch_wait`.
 pub const BUSY_BATCH_WAIT: Duration = Duration::from_secs(2);
 
