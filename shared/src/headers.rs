@@ -12,3 +12,6 @@ pub const EVENT_ID: &str = "x-cio-event-id";
 /// The command's action and contact, copied so that `worker dlq list` can show undecodable messages.
 pub const ACTION: &str = "x-cio-action";
 pub const CONTACT: &str = "x-cio-contact";
+/// The label of the access key the webhook came with (`ACCESS_KEYS=label:key`); absent for
+/// unlabelled keys. The worker stores it in `webhook_events.key_label`.
+pub const KEY_LABEL: &str = "x-cio-key-label";
