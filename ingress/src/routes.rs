@@ -119,7 +119,7 @@ async fn webhook(
             &st.publisher.names().commands_exchange(),
             COMMAND_KEY,
             &payload,
-            properties(event_id, action, &email),
+            properties(event_id, action, email.as_str()),
         )
         .await;
     metrics::histogram!("cio_ingress_publish_seconds").record(started.elapsed().as_secs_f64());

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod broker;
 pub mod env;
+pub mod pipeline;
 pub mod procs;
 pub mod sim;
 pub mod smtp;

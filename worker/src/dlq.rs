@@ -22,7 +22,7 @@ use shared::{
     topology::{self, Names, COMMAND_KEY},
 };
 
-use crate::consumer::{header_int, header_str};
+use shared::headers::{event_id_of, header_int, header_str};
 
 /// What an operator needs to know about one dead letter.
 #[derive(Debug, Clone)]
@@ -43,9 +43,13 @@ impl DeadLetter {
     fn from_parts(delivery_tag: u64, properties: BasicProperties, body: Vec<u8>) -> Self {
         let decoded = Command::decode(&body).ok();
         let (event_id, action, contact) = match &decoded {
-            Some(Command::SyncV1(c)) => (c.event_id.to_string(), c.action.to_string(), c.contact.email.clone()),
+            Some(Command::SyncV1(c)) => (
+                c.event_id.to_string(),
+                c.action.to_string(),
+                c.contact.email.to_string(),
+            ),
             None => (
-                crate::consumer::event_id_of(&properties).unwrap_or_else(|| "?".into()),
+                event_id_of(&properties).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::ACTION).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::CONTACT).unwrap_or_else(|| "?".into()),
             ),

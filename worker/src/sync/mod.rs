@@ -1,32 +1,48 @@
-//! Handling one command (DESIGN §4): pull the contact from Customer.io, then write the user, meta,
-//! segments, outbox rows, event log and event status in one transaction.
+//! The pipeline: a batch of commands in, one settlement per command out. Production (`consumer`)
+//! and the tests both call [`process`]; a single command is a batch of one.
 //!
-//! The Customer.io calls happen before the transaction (no lock is held across the network). The
-//! transaction takes an advisory lock on the contact (its cio_id, else its e-mail), so that many
-//! `add`s for one contact on many workers give exactly one user; the unique indexes are the
-//! backstop, and a violation is a transient failure whose retry finds the user.
+//! 1. **Start** ([`ledger`]): one round trip records every event's attempt and claims its sync;
+//!    a redelivered finished event changes nothing, a duplicate already satisfied is closed, and a
+//!    duplicate whose twin is running waits for it (bounded).
+//! 2. **Read** ([`bulk_read`], [`snapshot`]): the claimed commands' contacts from Customer.io,
+//!    batched when that saves calls, before any transaction (no lock is held across the network);
+//!    new users' passwords are hashed here too.
+//! 3. **Write** ([`write`]): users, meta, segments, outbox rows, event logs and outcomes of the whole
+//!    batch in one transaction of a few set-based statements. Contacts are locked in one global
+//!    order, so that many `add`s for one contact on many workers give exactly one user; the unique
+//!    indexes are the backstop. If the transaction fails, each command is written on its own, so
+//!    one bad command cannot fail the others.
+//! 4. **Settle**: failures are recorded (`retrying` with the delay, or `dead`) in one statement.
 
-pub mod coalesce;
-pub mod prefetch;
-mod segments;
+pub mod bulk_read;
+pub mod ledger;
+pub mod snapshot;
 pub mod store;
 mod users;
+mod write;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use secrecy::SecretString;
+use chrono::{DateTime, Utc};
+use futures_util::{stream, StreamExt};
 use serde_json::json;
-use shared::command::{Action, SyncV1};
+use shared::{
+    command::{Action, SyncV1},
+    topology::{self, RetrySlot, RETRY_TIERS},
+};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{
     cio::{types::Customer, CioClient, CioError, PersonRef},
-    events::{self, EventLog},
-    fieldmap::{FieldMap, Mapped, UserField},
+    events::{EventLog, Level},
+    fieldmap::{FieldMap, Mapped},
+    password::{Hasher, Prepared},
     secretbox::SecretBox,
 };
+use ledger::{Claim, EventStatus, Verdict};
+use store::{Lookup, UserRow};
 
 /// Password return settings (`RETURN_PASSWORD_FIELD` and `SECRETS_KEY`).
 #[derive(Clone)]
@@ -35,7 +51,7 @@ pub struct PasswordReturn {
     pub secrets: SecretBox,
 }
 
-/// Everything a sync needs, shared by all in-flight commands of a worker.
+/// Everything the pipeline needs, shared by all batches of a worker.
 pub struct SyncCtx {
     pub pool: PgPool,
     pub cio: CioClient,
@@ -46,8 +62,24 @@ pub struct SyncCtx {
     pub mail_enabled: bool,
     /// Woken after a commit that queued outbox rows, so that delivery starts at once.
     pub outbox_wakeup: Arc<Notify>,
-    /// The latest segment membership snapshot (batched reads).
-    pub snapshots: prefetch::Snapshots,
+    /// Segment membership snapshots (batched segment reads).
+    pub snapshots: snapshot::Snapshots,
+    /// Password hashing, at most one per core at a time.
+    pub hasher: Hasher,
+    /// Customer.io calls one batch makes at once when it reads contact by contact.
+    pub parallel: usize,
+    /// Attempts of one command before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// A command to process, with what its delivery says about it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub cmd: SyncV1,
+    /// This delivery's attempt, from 1.
+    pub attempt: u32,
+    /// The label of the access key the webhook came with.
+    pub key_label: Option<String>,
 }
 
 /// How an event ended.
@@ -61,22 +93,22 @@ pub enum Outcome {
     ContactNotFound,
     Rejected(String),
     /// A redelivery of an event that had already finished with this status.
-    AlreadyDone(String),
+    AlreadyDone(EventStatus),
     /// Coalesced: a sync of the same command that started after this webhook arrived did the work.
     Satisfied {
         by: Uuid,
-        status: String,
+        status: EventStatus,
     },
 }
 
 impl Outcome {
-    pub fn status(&self) -> &str {
+    pub fn status(&self) -> EventStatus {
         match self {
-            Outcome::Succeeded { .. } => "succeeded",
-            Outcome::NoUser => "no_user",
-            Outcome::ContactNotFound => "contact_not_found",
-            Outcome::Rejected(_) => "rejected",
-            Outcome::AlreadyDone(s) | Outcome::Satisfied { status: s, .. } => s,
+            Outcome::Succeeded { .. } => EventStatus::Succeeded,
+            Outcome::NoUser => EventStatus::NoUser,
+            Outcome::ContactNotFound => EventStatus::ContactNotFound,
+            Outcome::Rejected(_) => EventStatus::Rejected,
+            Outcome::AlreadyDone(s) | Outcome::Satisfied { status: s, .. } => *s,
         }
     }
 }
@@ -123,320 +155,445 @@ impl From<CioError> for Failure {
     }
 }
 
-/// How a command starts: finished already, waiting for a running duplicate, or ours to sync.
-pub enum Start {
+/// What the consumer does with a delivery once its command was processed (already recorded in
+/// the database).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Finished: acknowledge.
     Done(Outcome),
-    Busy,
-    Go(coalesce::Claim),
+    /// Failed for now: publish to this delayed-retry slot, then acknowledge.
+    Retry { reason: String, slot: RetrySlot },
+    /// Failed for good (or out of attempts): publish to the dead-letter queue, then acknowledge.
+    Dead { reason: String },
 }
 
-/// Records the event and tries to claim its sync (without waiting).
-pub async fn start(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Start, Failure> {
-    let (attempt, verdict) = match coalesce::start_event(&ctx.pool, cmd).await? {
-        (_, Err(status)) => return Ok(Start::Done(Outcome::AlreadyDone(status))),
-        (attempt, Ok(v)) => (attempt, v),
-    };
-    let suffix = if attempt > 1 {
-        format!(" (attempt {attempt})")
-    } else {
-        String::new()
-    };
-    log.info(format!(
-        "Received {} webhook for contact {}{suffix}",
-        cmd.action, cmd.contact.email
-    ));
-    self::verdict(ctx, cmd, log, verdict).await
+/// A command being processed, and everything learnt about it on the way.
+struct Job {
+    inc: Incoming,
+    log: EventLog,
+    claim: Option<Claim>,
+    /// The end, once known: an outcome to record, or a failure.
+    end: Option<Result<Outcome, Failure>>,
+    /// Whether the outcome still has to be written (`finish`).
+    unwritten: bool,
+    customer: Option<Customer>,
+    mapped: Mapped,
+    cio_id: Option<String>,
+    /// Lower-cased addresses the user may have.
+    emails: Vec<String>,
+    /// The user found before the reads (`None`: none yet).
+    existing: Option<UserRow>,
+    segments: BTreeSet<i64>,
+    /// The segments for the log ("VIP, Trial", or "none").
+    segment_label: String,
+    /// When the segment data was read, if before the claim (a shared snapshot).
+    data_from: Option<DateTime<Utc>>,
+    password: Option<Prepared>,
 }
 
-async fn verdict(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog, v: coalesce::Verdict) -> Result<Start, Failure> {
-    Ok(match v {
-        coalesce::Verdict::Busy => Start::Busy,
-        coalesce::Verdict::Claimed(c) => Start::Go(c),
-        coalesce::Verdict::Satisfied { by, status } => {
-            log.info(format!(
-                "Already done by event {by} ({status}), a sync of this contact that started after this webhook was received"
-            ));
-            let mut job = Job {
-                ctx,
-                cmd,
-                log,
-                claim: None,
-                pre: None,
-            };
-            Start::Done(job.finish_without_user(Outcome::Satisfied { by, status }).await?)
+impl Job {
+    fn new(inc: Incoming) -> Self {
+        let log = EventLog::new(inc.cmd.event_id);
+        Job {
+            inc,
+            log,
+            claim: None,
+            end: None,
+            unwritten: false,
+            customer: None,
+            mapped: Mapped::default(),
+            cio_id: None,
+            emails: Vec::new(),
+            existing: None,
+            segments: BTreeSet::new(),
+            segment_label: String::new(),
+            data_from: None,
+            password: None,
         }
-    })
-}
-
-/// Waits for a running duplicate to finish, then takes its result or claims the sync.
-pub async fn wait_turn(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Start, Failure> {
-    match coalesce::claim_waiting(&ctx.pool, cmd).await? {
-        coalesce::Verdict::Busy => Err(Failure::Transient {
-            reason: "another sync of this contact is still running".into(),
-            retry_after: None,
-        }),
-        v => verdict(ctx, cmd, log, v).await,
-    }
-}
-
-/// Processes one command: start, wait for a running duplicate if there is one, sync.
-pub async fn handle(ctx: &SyncCtx, cmd: &SyncV1, log: &mut EventLog) -> Result<Outcome, Failure> {
-    let claim = match start(ctx, cmd, log).await? {
-        Start::Done(o) => return Ok(o),
-        Start::Go(c) => c,
-        Start::Busy => match wait_turn(ctx, cmd, log).await? {
-            Start::Done(o) => return Ok(o),
-            Start::Go(c) => c,
-            Start::Busy => unreachable!("wait_turn never answers Busy"),
-        },
-    };
-    run(ctx, cmd, log, claim, None).await
-}
-
-/// Syncs a claimed command, with data read in advance for a batch when given.
-pub async fn run(
-    ctx: &SyncCtx,
-    cmd: &SyncV1,
-    log: &mut EventLog,
-    claim: coalesce::Claim,
-    pre: Option<&prefetch::Prefetched>,
-) -> Result<Outcome, Failure> {
-    let mut job = Job {
-        ctx,
-        cmd,
-        log,
-        claim: Some(claim.clone()),
-        pre,
-    };
-    let result = match cmd.action {
-        Action::UpdateTags => job.update_tags().await,
-        Action::Update | Action::Add => job.sync_contact().await,
-    };
-    if result.is_err() {
-        coalesce::release(&ctx.pool, &claim).await;
-    }
-    result
-}
-
-/// One command being synced.
-struct Job<'a> {
-    ctx: &'a SyncCtx,
-    cmd: &'a SyncV1,
-    log: &'a mut EventLog,
-    claim: Option<coalesce::Claim>,
-    pre: Option<&'a prefetch::Prefetched>,
-}
-
-impl Job<'_> {
-    /// Records the event's end, its log, and the finished claim, in the transaction `tx`.
-    async fn close(&mut self, tx: &mut sqlx::PgConnection, status: &str, user_id: Option<i64>) -> Result<(), Failure> {
-        let data_from = self.pre.and_then(|p| p.at);
-        let done = self.claim.as_ref().map(|c| events::ClaimDone {
-            key: &c.key,
-            claimed_at: c.started_at,
-            started_at: data_from.map_or(c.started_at, |d| d.min(c.started_at)),
-        });
-        events::finish(tx, self.cmd.event_id, status, user_id, self.log, done).await?;
-        Ok(())
     }
 
-    /// Ends the event without touching a user (no_user, contact_not_found, rejected, satisfied).
-    async fn finish_without_user(&mut self, outcome: Outcome) -> Result<Outcome, Failure> {
-        let mut tx = self.ctx.pool.begin().await?;
-        if let Outcome::Rejected(reason) = &outcome {
-            sqlx::query("update webhook_events set last_error = $2 where event_id = $1")
-                .bind(self.cmd.event_id)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.close(&mut tx, outcome.status(), None).await?;
-        tx.commit().await?;
-        Ok(outcome)
+    fn cmd(&self) -> &SyncV1 {
+        &self.inc.cmd
+    }
+
+    fn live(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// Ends the event with an outcome that is written with the batch.
+    fn close(&mut self, outcome: Outcome) {
+        self.end = Some(Ok(outcome));
+        self.unwritten = true;
+    }
+
+    fn fail(&mut self, f: Failure) {
+        self.end = Some(Err(f));
+        self.unwritten = false;
     }
 
     fn not_found(&mut self) {
-        self.log.notice(format!(
+        let m = format!(
             "Contact {} was not found in Customer.io (404)",
-            self.cmd.contact.email
-        ));
+            self.cmd().contact.email
+        );
+        self.log.notice(m);
+        self.close(Outcome::ContactNotFound);
     }
 
     fn no_user(&mut self) {
-        self.log.notice(format!(
+        self.no_user_line();
+        self.close(Outcome::NoUser);
+    }
+
+    fn no_user_line(&mut self) {
+        let m = format!(
             "{} webhook received but no matching user found for contact {}",
-            self.cmd.action, self.cmd.contact.email
-        ));
-    }
-
-    /// The contact's attributes: prefetched for the batch, else one call. `None`: not in Customer.io.
-    async fn customer(&self, who: &PersonRef) -> Result<Option<Customer>, Failure> {
-        if let Some(found) = self.pre.and_then(|p| p.customer(&self.cmd.contact.email)) {
-            return Ok(found.cloned());
-        }
-        match self.ctx.cio.attributes(who).await {
-            Ok(c) => Ok(Some(c)),
-            Err(CioError::NotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn segments(
-        &mut self,
-        person: &PersonRef,
-        cio_id: Option<&str>,
-    ) -> Result<Option<segments::Loaded>, Failure> {
-        let snapshot = self.pre.and_then(|p| p.snapshot.as_deref());
-        segments::load(self.ctx, self.cmd, person, cio_id, snapshot).await
-    }
-
-    /// Whether this command's segments cost no call (given in the URL, or in the batch's snapshot).
-    fn segments_are_free(&self) -> bool {
-        self.cmd.tags.is_some() || self.pre.is_some_and(|p| p.snapshot.is_some())
-    }
-
-    async fn update_tags(&mut self) -> Result<Outcome, Failure> {
-        let cmd = self.cmd;
-        let emails = vec![cmd.contact.email.clone()];
-        if let Some(None) = self.pre.and_then(|p| p.customer(&cmd.contact.email)) {
-            self.not_found();
-            return self.finish_without_user(Outcome::ContactNotFound).await;
-        }
-        // Without a local user no call is spent: look first, unless the segments are free anyway.
-        let mut cio_id = cmd.contact.cio_id.clone();
-        if !self.segments_are_free() {
-            let found = {
-                let mut conn = self.ctx.pool.acquire().await?;
-                store::find_user(&mut conn, cmd.contact.cio_id.as_deref(), &emails).await?
-            };
-            let Some(user) = found else {
-                self.no_user();
-                return self.finish_without_user(Outcome::NoUser).await;
-            };
-            cio_id = user.cio_id.or(cio_id);
-        }
-        let person = cio_id
-            .as_deref()
-            .map(PersonRef::cio_id)
-            .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
-        let Some(segments) = self.segments(&person, cio_id.as_deref()).await? else {
-            self.not_found();
-            return self.finish_without_user(Outcome::ContactNotFound).await;
-        };
-        let mut tx = self.ctx.pool.begin().await?;
-        let Some(user) = store::find_user_for_update(&mut tx, cio_id.as_deref(), &emails).await? else {
-            tx.rollback().await?;
-            self.no_user();
-            return self.finish_without_user(Outcome::NoUser).await;
-        };
-        segments::apply(&mut tx, user.id, &segments, self.log).await?;
-        self.close(&mut tx, "succeeded", Some(user.id)).await?;
-        tx.commit().await?;
-        Ok(Outcome::Succeeded {
-            user_id: user.id,
-            created: false,
-        })
-    }
-
-    async fn sync_contact(&mut self) -> Result<Outcome, Failure> {
-        let (ctx, cmd) = (self.ctx, self.cmd);
-        let who = cmd
-            .contact
-            .cio_id
-            .as_deref()
-            .map(PersonRef::cio_id)
-            .unwrap_or_else(|| PersonRef::email(&cmd.contact.email));
-        let Some(customer) = self.customer(&who).await? else {
-            self.not_found();
-            return self.finish_without_user(Outcome::ContactNotFound).await;
-        };
-        let mapped = ctx.field_map.apply(&customer.attributes);
-        let (text, context) = describe(&mapped);
-        self.log.push(
-            crate::events::Level::Info,
-            format!("Loaded meta data from Customer.io: {text}"),
-            Some(context),
+            self.cmd().action,
+            self.cmd().contact.email
         );
+        self.log.notice(m);
+    }
 
-        let cio_id = customer.cio_id().or_else(|| cmd.contact.cio_id.clone());
-        let mut emails = vec![cmd.contact.email.clone()];
-        for e in [mapped.get(UserField::Email).map(str::to_string), customer.email()]
-            .into_iter()
-            .flatten()
-        {
-            if !emails.iter().any(|x| x.eq_ignore_ascii_case(&e)) {
-                emails.push(e);
-            }
-        }
-        // Look before spending the segments call (update) or hashing a password (add); an update
-        // whose segments are free goes straight to the transaction.
-        let existing = if cmd.action == Action::Update && self.segments_are_free() {
-            None
-        } else {
-            let mut conn = ctx.pool.acquire().await?;
-            store::find_user(&mut conn, cio_id.as_deref(), &emails).await?
-        };
-        if existing.is_none() && cmd.action == Action::Update && !self.segments_are_free() {
-            self.no_user();
-            return self.finish_without_user(Outcome::NoUser).await;
-        }
-        let person = cio_id.as_deref().map(PersonRef::cio_id).unwrap_or(who);
-        let Some(segments) = self.segments(&person, cio_id.as_deref()).await? else {
-            self.not_found();
-            return self.finish_without_user(Outcome::ContactNotFound).await;
-        };
-        // Hash outside the transaction (Argon2 is deliberately slow); discarded if a user appears meanwhile.
-        let mut prepared = match existing {
-            None if cmd.action == Action::Add => Some(users::prepare_password(ctx, &mapped).await?),
-            _ => None,
-        };
+    /// How Customer.io is asked about this contact.
+    fn person(&self) -> PersonRef {
+        self.cio_id
+            .as_deref()
+            .map(PersonRef::cio_id)
+            .unwrap_or_else(|| PersonRef::email(self.cmd().contact.email.as_str()))
+    }
 
-        let mut tx = ctx.pool.begin().await?;
-        let found = if cmd.action == Action::Add {
-            // Creation: serialise every add of this contact, so that exactly one creates the user.
-            store::lock_contact(&mut tx, cio_id.as_deref().unwrap_or(&cmd.contact.email)).await?;
-            store::find_user(&mut tx, cio_id.as_deref(), &emails).await?
-        } else {
-            store::find_user_for_update(&mut tx, cio_id.as_deref(), &emails).await?
-        };
-        let (user_id, created) = match found {
-            Some(user) => {
-                users::refresh(&mut tx, cmd, &user, &customer, &mapped, cio_id.as_deref(), self.log).await?;
-                if cmd.action == Action::Add {
-                    self.log.info(format!(
-                        "User #{} already exists: updated it (no new password, e-mail or password return)",
-                        user.id
-                    ));
+    fn lookup(&self) -> Lookup {
+        Lookup {
+            cio_id: self.cio_id.clone(),
+            emails: self.emails.clone(),
+        }
+    }
+}
+
+/// Processes a batch of commands; one settlement per command, in order. Never panics.
+pub async fn process(ctx: &SyncCtx, batch: Vec<Incoming>) -> Vec<Settlement> {
+    let mut jobs: Vec<Job> = batch.into_iter().map(Job::new).collect();
+    let deadline = tokio::time::Instant::now() + ledger::LEASE + Duration::from_secs(5);
+    let mut pause = Duration::from_millis(20);
+    let mut round: Vec<usize> = (0..jobs.len()).collect();
+    let mut first = true;
+    while !round.is_empty() {
+        let busy = claim(ctx, &mut jobs, &round, first).await;
+        first = false;
+        let claimed: Vec<usize> = round
+            .iter()
+            .copied()
+            .filter(|&i| jobs[i].claim.is_some() && jobs[i].live())
+            .collect();
+        sync(ctx, &mut jobs, &claimed).await;
+        write::close_remaining(ctx, &mut jobs, &round).await;
+        if !busy.is_empty() && claimed.is_empty() {
+            // Only duplicates of syncs running elsewhere are left: wait for them (bounded).
+            if tokio::time::Instant::now() >= deadline {
+                for &i in &busy {
+                    jobs[i].fail(Failure::Transient {
+                        reason: "another sync of this contact is still running".into(),
+                        retry_after: None,
+                    });
                 }
-                (user.id, false)
+                break;
             }
-            None if cmd.action == Action::Update => {
-                tx.rollback().await?;
-                self.no_user();
-                return self.finish_without_user(Outcome::NoUser).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        round = busy;
+    }
+    settle(ctx, jobs).await
+}
+
+/// Starts (first round) or re-claims the given jobs; returns those whose sync is running elsewhere.
+async fn claim(ctx: &SyncCtx, jobs: &mut [Job], round: &[usize], first: bool) -> Vec<usize> {
+    let starting: Vec<ledger::Starting> = round
+        .iter()
+        .map(|&i| ledger::Starting {
+            cmd: &jobs[i].inc.cmd,
+            key_label: jobs[i].inc.key_label.as_deref(),
+        })
+        .collect();
+    let verdicts = match ledger::start(&ctx.pool, &starting, first).await {
+        Ok(v) => v,
+        Err(e) => {
+            let f = Failure::from(e);
+            for &i in round {
+                jobs[i].fail(f.clone());
             }
-            None => {
-                let pw = match prepared.take() {
-                    Some(p) => p,
-                    None => users::prepare_password(ctx, &mapped).await?,
-                };
-                match users::create(&mut tx, ctx, cmd, &customer, &mapped, cio_id.as_deref(), pw, self.log).await? {
-                    Ok(id) => (id, true),
-                    Err(reason) => {
-                        tx.rollback().await?;
-                        self.log.error(format!("Rejected: {reason}"));
-                        return self.finish_without_user(Outcome::Rejected(reason)).await;
+            return Vec::new();
+        }
+    };
+    let mut busy = Vec::new();
+    for (&i, (attempts, verdict)) in round.iter().zip(verdicts) {
+        let job = &mut jobs[i];
+        if first && !matches!(verdict, Verdict::AlreadyDone(_)) {
+            let suffix = if attempts > 1 {
+                format!(" (attempt {attempts})")
+            } else {
+                String::new()
+            };
+            let m = format!(
+                "Received {} webhook for contact {}{suffix}",
+                job.cmd().action,
+                job.cmd().contact.email
+            );
+            job.log.info(m);
+        }
+        match verdict {
+            Verdict::AlreadyDone(status) => job.end = Some(Ok(Outcome::AlreadyDone(status))),
+            Verdict::Satisfied { by, status } => {
+                job.log.info(format!(
+                    "Already done by event {by} ({status}), a sync of this contact that started after this webhook was received"
+                ));
+                job.close(Outcome::Satisfied { by, status });
+            }
+            Verdict::Busy => busy.push(i),
+            Verdict::Claimed(c) => job.claim = Some(c),
+        }
+    }
+    busy
+}
+
+/// Reads the claimed jobs' contacts, then writes them.
+async fn sync(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) {
+    if claimed.is_empty() {
+        return;
+    }
+    read_attributes(ctx, jobs, claimed).await;
+    if let Err(f) = find_existing(ctx, jobs, claimed).await {
+        for &i in claimed {
+            if jobs[i].live() {
+                jobs[i].fail(f.clone());
+            }
+        }
+        return;
+    }
+    read_segments(ctx, jobs, claimed).await;
+    hash_passwords(ctx, jobs, claimed).await;
+    let ready: Vec<usize> = claimed.iter().copied().filter(|&i| jobs[i].live()).collect();
+    write::users(ctx, jobs, &ready).await;
+}
+
+/// Attributes of the `update` and `add` contacts, mapped through the field map.
+async fn read_attributes(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) {
+    for &i in claimed {
+        let job = &mut jobs[i];
+        job.cio_id = job.cmd().contact.cio_id.clone();
+        job.emails = vec![job.cmd().contact.email.folded()];
+    }
+    let contacts: Vec<usize> = claimed
+        .iter()
+        .copied()
+        .filter(|&i| jobs[i].cmd().action != Action::UpdateTags)
+        .collect();
+    let people: Vec<PersonRef> = contacts.iter().map(|&i| jobs[i].person()).collect();
+    let reads = bulk_read::attributes(ctx, &people, ctx.parallel).await;
+    for (&i, read) in contacts.iter().zip(reads) {
+        let job = &mut jobs[i];
+        match read {
+            Err(f) => job.fail(f),
+            Ok(None) => job.not_found(),
+            Ok(Some(customer)) => {
+                let mapped = ctx.field_map.apply(&customer.attributes);
+                let (text, context) = describe(&mapped);
+                job.log.push(
+                    Level::Info,
+                    format!("Loaded meta data from Customer.io: {text}"),
+                    Some(context),
+                );
+                job.cio_id = customer.cio_id().or_else(|| job.cmd().contact.cio_id.clone());
+                for e in [users::customer_email(&customer, &mapped)].into_iter().flatten() {
+                    let e = e.to_lowercase();
+                    if !job.emails.contains(&e) {
+                        job.emails.push(e);
                     }
                 }
+                job.customer = Some(customer);
+                job.mapped = mapped;
             }
-        };
-        segments::apply(&mut tx, user_id, &segments, self.log).await?;
-        self.close(&mut tx, "succeeded", Some(user_id)).await?;
-        tx.commit().await?;
-        if created {
-            ctx.outbox_wakeup.notify_waiters();
         }
-        Ok(Outcome::Succeeded { user_id, created })
+    }
+}
+
+/// Looks for the users before spending segment calls or hashing passwords (one statement);
+/// `update` and `update_tags` without a user end here.
+async fn find_existing(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) -> Result<(), Failure> {
+    let live: Vec<usize> = claimed.iter().copied().filter(|&i| jobs[i].live()).collect();
+    let lookups: Vec<Lookup> = live.iter().map(|&i| jobs[i].lookup()).collect();
+    let mut conn = ctx.pool.acquire().await?;
+    let found = store::find_users(&mut conn, &lookups, false).await?;
+    for (&i, user) in live.iter().zip(found) {
+        let job = &mut jobs[i];
+        match (job.cmd().action, user) {
+            (Action::Add, u) => job.existing = u,
+            (_, None) => job.no_user(),
+            (Action::UpdateTags, Some(u)) => {
+                job.cio_id = u.cio_id.clone().or_else(|| job.cio_id.take());
+                job.existing = Some(u);
+            }
+            (Action::Update, Some(u)) => job.existing = Some(u),
+        }
+    }
+    Ok(())
+}
+
+/// Segment ids and their names: from the URL's `tags`, a shared membership snapshot when that
+/// saves calls, else one call per contact.
+async fn read_segments(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) {
+    let live: Vec<usize> = claimed.iter().copied().filter(|&i| jobs[i].live()).collect();
+    let mut asking = Vec::new();
+    for &i in &live {
+        match jobs[i].cmd().tags.clone() {
+            Some(tags) => jobs[i].segments = tags.into_iter().collect(),
+            None => asking.push(i),
+        }
+    }
+    let snap = match snapshot_for(ctx, jobs, &asking).await {
+        Ok(s) => s,
+        Err(f) => {
+            tracing::warn!(
+                commands = asking.len(),
+                "membership snapshot failed ({}); reading one by one",
+                f.reason()
+            );
+            None
+        }
+    };
+    let from_snapshot = match &snap {
+        Some(s) => {
+            let contacts: Vec<(Option<&str>, &str)> = asking
+                .iter()
+                .map(|&i| (jobs[i].cio_id.as_deref(), jobs[i].cmd().contact.email.as_str()))
+                .collect();
+            match s.memberships(&ctx.pool, &contacts).await {
+                Ok(sets) => Some(sets),
+                Err(e) => {
+                    tracing::warn!("reading the membership snapshot failed ({e}); reading one by one");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    match (from_snapshot, &snap) {
+        (Some(sets), Some(s)) => {
+            for (&i, set) in asking.iter().zip(sets) {
+                jobs[i].segments = set;
+                jobs[i].data_from = Some(s.taken_at);
+            }
+        }
+        _ => {
+            let people: Vec<PersonRef> = asking.iter().map(|&i| jobs[i].person()).collect();
+            let reads = bulk_read::person_segments(ctx, &people, ctx.parallel).await;
+            for (&i, read) in asking.iter().zip(reads) {
+                match read {
+                    Err(f) => jobs[i].fail(f),
+                    Ok(None) => jobs[i].not_found(),
+                    Ok(Some(set)) => jobs[i].segments = set,
+                }
+            }
+        }
+    }
+    label_segments(ctx, jobs, &live, snap.as_ref().filter(|_| !asking.is_empty())).await;
+}
+
+/// The shared membership snapshot, when the batch's segment reads cost more calls than one.
+async fn snapshot_for(ctx: &SyncCtx, jobs: &[Job], asking: &[usize]) -> Result<Option<snapshot::Snapshot>, Failure> {
+    if asking.len() < 2 {
+        return Ok(None);
+    }
+    let newest = asking
+        .iter()
+        .map(|&i| jobs[i].cmd().received_at)
+        .max()
+        .expect("not empty");
+    let fresh = ctx.snapshots.known_fresh(newest).await;
+    let known: i64 = sqlx::query_scalar("select count(*) from segments")
+        .fetch_one(&ctx.pool)
+        .await?;
+    if !bulk_read::snapshot_worth_it(asking.len(), known as usize, fresh) {
+        return Ok(None);
+    }
+    ctx.snapshots.fresh(&ctx.pool, &ctx.cio, newest).await
+}
+
+/// Names the live jobs' segments for the log: from the snapshot's catalogue, else the cached one.
+async fn label_segments(ctx: &SyncCtx, jobs: &mut [Job], live: &[usize], snap: Option<&snapshot::Snapshot>) {
+    let live: Vec<usize> = live.iter().copied().filter(|&i| jobs[i].live()).collect();
+    let mut unnamed: BTreeSet<i64> = BTreeSet::new();
+    for &i in &live {
+        let by_snapshot = jobs[i].cmd().tags.is_none() && snap.is_some();
+        for id in &jobs[i].segments {
+            if !(by_snapshot && snap.is_some_and(|s| s.name(*id).is_some())) {
+                unnamed.insert(*id);
+            }
+        }
+    }
+    let names = if unnamed.is_empty() {
+        Default::default()
+    } else {
+        match bulk_read::segment_names(ctx, &unnamed).await {
+            Ok(n) => n,
+            Err(f) => {
+                for &i in &live {
+                    jobs[i].fail(f.clone());
+                }
+                return;
+            }
+        }
+    };
+    for &i in &live {
+        let job = &mut jobs[i];
+        let by_snapshot = job.cmd().tags.is_none() && snap.is_some();
+        job.segment_label = if job.segments.is_empty() {
+            "none".to_string()
+        } else {
+            job.segments
+                .iter()
+                .map(|id| {
+                    let from_snap = snap.filter(|_| by_snapshot).and_then(|s| s.name(*id));
+                    from_snap
+                        .map(str::to_string)
+                        .or_else(|| names.get(id).cloned())
+                        .unwrap_or_else(|| format!("(Unknown Segment: {id})"))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+    }
+}
+
+/// Hashes the passwords of the users `add`s are about to create (bounded by the hasher).
+async fn hash_passwords(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) {
+    let creating: Vec<(usize, Option<String>)> = claimed
+        .iter()
+        .copied()
+        .filter(|&i| jobs[i].live() && jobs[i].cmd().action == Action::Add && jobs[i].existing.is_none())
+        .map(|i| {
+            (
+                i,
+                jobs[i]
+                    .mapped
+                    .get(crate::fieldmap::UserField::UserPass)
+                    .map(str::to_string),
+            )
+        })
+        .collect();
+    let hashed: Vec<(usize, anyhow::Result<Prepared>)> = stream::iter(creating)
+        .map(|(i, mapped)| async move { (i, ctx.hasher.prepare(mapped.as_deref(), ctx.password_length).await) })
+        .buffer_unordered(ctx.parallel.max(1))
+        .collect()
+        .await;
+    for (i, r) in hashed {
+        match r {
+            Ok(p) => jobs[i].password = Some(p),
+            Err(e) => jobs[i].fail(Failure::Transient {
+                reason: e.to_string(),
+                retry_after: None,
+            }),
+        }
     }
 }
 
@@ -453,9 +610,106 @@ fn describe(mapped: &Mapped) -> (String, serde_json::Value) {
     (text, serde_json::Value::Object(ctx))
 }
 
-/// A password for a new user: mapped from Customer.io, or generated (and then returnable).
-pub struct PreparedPassword {
-    pub plaintext: SecretString,
-    pub hash: String,
-    pub generated: bool,
+/// Records the failures (`retrying` with the delay, or `dead`), releases their claims, and says
+/// what the consumer does with each delivery.
+async fn settle(ctx: &SyncCtx, mut jobs: Vec<Job>) -> Vec<Settlement> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut failing = Vec::new();
+    let mut released = Vec::new();
+    for job in jobs.iter_mut() {
+        let attempt = job.inc.attempt.max(1);
+        let settlement = match job.end.take().unwrap_or_else(|| {
+            Err(Failure::Transient {
+                reason: "the command was not processed".into(),
+                retry_after: None,
+            })
+        }) {
+            Ok(outcome) => Settlement::Done(outcome),
+            Err(Failure::Transient { reason, retry_after }) if attempt < ctx.max_attempts => {
+                // A 429's Retry-After is a floor; the tiers still grow so that a long storm backs off.
+                let wanted = retry_after.unwrap_or_default().max(retry_delay(attempt));
+                let slot = topology::retry_slot(wanted, rand::random::<u8>() as usize);
+                job.log.warning(format!(
+                    "{reason}; retrying in about {} (attempt {attempt} of {})",
+                    human(slot.delay),
+                    ctx.max_attempts
+                ));
+                Settlement::Retry { reason, slot }
+            }
+            Err(failure) => {
+                let reason = match failure {
+                    Failure::Transient { reason, .. } => format!("gave up after {attempt} attempts: {reason}"),
+                    Failure::Permanent { reason } => reason,
+                };
+                job.log.error(format!(
+                    "{reason}. The command is parked in the dead-letter queue; fix the cause, then `worker dlq replay {}`",
+                    job.cmd().event_id
+                ));
+                Settlement::Dead { reason }
+            }
+        };
+        if !matches!(settlement, Settlement::Done(_)) {
+            if let Some(c) = &job.claim {
+                released.push(c);
+            }
+        }
+        out.push(settlement);
+    }
+    ledger::release(&ctx.pool, &released).await;
+    for (job, s) in jobs.iter_mut().zip(&out) {
+        let (status, error) = match s {
+            Settlement::Done(_) => continue,
+            Settlement::Retry { reason, .. } => (EventStatus::Retrying, reason.clone()),
+            Settlement::Dead { reason } => (EventStatus::Dead, reason.clone()),
+        };
+        failing.push(ledger::Failing {
+            cmd: &job.inc.cmd,
+            log: &mut job.log,
+            status,
+            error,
+        });
+    }
+    if let Err(e) = ledger::fail(&ctx.pool, &mut failing).await {
+        tracing::warn!("could not record {} failure(s) in the database: {e}", failing.len());
+    }
+    out
+}
+
+/// The delay before attempt `attempt + 1`: the tiers in order, then the longest.
+pub fn retry_delay(attempt: u32) -> Duration {
+    RETRY_TIERS[(attempt.saturating_sub(1) as usize).min(RETRY_TIERS.len() - 1)].1
+}
+
+/// "0.8s", "13s", "8m", "1h 18m": a delay for the event log.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{:.1}s", s).replace(".0s", "s")
+    } else if s < 120.0 {
+        format!("{}s", s.round())
+    } else if s < 3600.0 {
+        format!("{}m", (s / 60.0).round())
+    } else {
+        format!("{}h {}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).round())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_read_well_in_the_log() {
+        assert_eq!(human(Duration::from_millis(800)), "0.8s");
+        assert_eq!(human(Duration::from_secs(1)), "1s");
+        assert_eq!(human(Duration::from_secs(13)), "13s");
+        assert_eq!(human(Duration::from_secs(480)), "8m");
+        assert_eq!(human(Duration::from_secs(4680)), "1h 18m");
+    }
+
+    #[test]
+    fn retry_delays_grow_through_the_tiers() {
+        let secs: Vec<u64> = (1..=7).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(secs, vec![1, 10, 60, 600, 3600, 3600, 3600]);
+    }
 }
