@@ -145,7 +145,7 @@ impl TestEnv {
 
     /// Settings with the password return on (field `password`).
     pub fn with_password_return(mut s: worker::Settings) -> worker::Settings {
-        s.password_return = Some(worker::sync::PasswordReturn {
+        s.password_return = Some(worker::outbox::PasswordReturn {
             field: "password".into(),
             secrets: worker::secretbox::SecretBox::from_base64(SECRETS_KEY).unwrap(),
         });

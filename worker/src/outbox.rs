@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{cio::CioClient, events::Level, mail::Mailer, sync::PasswordReturn};
+use crate::{cio::CioClient, events::Level, mail::Mailer, secretbox::SecretBox};
 
 /// What an outbox row delivers; stored as its snake_case name in `outbox.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,14 @@ impl OutboxKind {
             .into_iter()
             .find(|k| k.as_str() == s)
     }
+}
+
+/// Password return settings (`RETURN_PASSWORD_FIELD` and `SECRETS_KEY`): the Customer.io
+/// attribute that receives generated passwords, and the key sealing them until delivered.
+#[derive(Clone)]
+pub struct PasswordReturn {
+    pub field: String,
+    pub secrets: SecretBox,
 }
 
 pub struct Outbox {

@@ -10,8 +10,8 @@ use crate::{
     cio::CioSettings,
     fieldmap::FieldMap,
     mail::{MailSettings, Templates},
+    outbox::PasswordReturn,
     secretbox::SecretBox,
-    sync::PasswordReturn,
 };
 
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures_util::{stream, StreamExt};
 
-use super::{store, Failure, SyncCtx};
+use super::{context::SyncCtx, outcome::Failure, store};
 use crate::cio::{
     types::{Customer, Segment},
     CioError, IdType, PersonRef,
@@ -83,7 +83,7 @@ async fn batched<'a>(
 
 /// The segment ids of each person (one call each), in order; the catalogue learns their names.
 pub async fn person_segments(ctx: &SyncCtx, people: &[PersonRef], parallel: usize) -> Vec<Read<BTreeSet<i64>>> {
-    let reads: Vec<(usize, Result<Option<Vec<Segment>>, Failure>)> = stream::iter(0..people.len())
+    let reads: Vec<(usize, Read<Vec<Segment>>)> = stream::iter(0..people.len())
         .map(|i| async move {
             let r = match ctx.cio.person_segments(&people[i]).await {
                 Ok(s) => Ok(Some(s)),

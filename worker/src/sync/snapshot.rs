@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{ledger::CLOCK_SKEW_MARGIN, store, Failure};
+use super::{ledger::CLOCK_SKEW_MARGIN, outcome::Failure, store};
 use crate::cio::{CioClient, CioError};
 
 /// Members per membership page (the API's maximum).

@@ -9,8 +9,8 @@ use shared::command::SyncV1;
 use sqlx::PgConnection;
 
 use super::{
+    outcome::Failure,
     store::{self, NewUser, UserChanges, UserRow},
-    Failure,
 };
 use crate::{
     cio::types::Customer,
@@ -157,15 +157,17 @@ async fn choose_username(
             }
         });
     }
-    if !facts.taken_usernames.contains_key(&email.to_lowercase()) {
-        facts.taken_usernames.insert(email.to_lowercase(), None);
+    if let std::collections::hash_map::Entry::Vacant(free) = facts.taken_usernames.entry(email.to_lowercase()) {
+        free.insert(None);
         return Ok(Ok(email.to_string()));
     }
     for digits in [999u32, 999, 999, 9_999, 99_999, 999_999, 9_999_999] {
         let candidate = format!("{email}{}", rand::thread_rng().gen_range(1..=digits));
         let lowered = candidate.to_lowercase();
         if !facts.taken_usernames.contains_key(&lowered)
-            && store::taken_usernames(conn, &[candidate.clone()]).await?.is_empty()
+            && store::taken_usernames(conn, std::slice::from_ref(&candidate))
+                .await?
+                .is_empty()
         {
             facts.taken_usernames.insert(lowered, None);
             return Ok(Ok(candidate));

@@ -12,10 +12,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use shared::command::Action;
 
 use super::{
+    context::SyncCtx,
+    job::Job,
     ledger::{self, Closing},
+    outcome::{Failure, Outcome},
     store::{self, NewOutboxRow, NewUser, UserChanges},
     users::{self, Facts},
-    Failure, Job, Outcome, SyncCtx,
 };
 use crate::{fieldmap::UserField, outbox::OutboxKind, password::Origin};
 
