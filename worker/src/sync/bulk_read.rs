@@ -22,17 +22,17 @@ pub type Read<T> = Result<Option<T>, Failure>;
 
 /// The attributes of each person, in order.
 pub async fn attributes(ctx: &SyncCtx, people: &[PersonRef], parallel: usize) -> Vec<Read<Customer>> {
-    let mut out: Vec<Option<Read<Customer>>> = vec![None; people.len()];
     let by_email: Vec<usize> = (0..people.len())
         .filter(|&i| people[i].id_type == IdType::Email)
         .collect();
+    let mut done: Vec<(usize, Read<Customer>)> = Vec::with_capacity(people.len());
     if by_email.len() >= 2 {
         match batched(ctx, by_email.iter().map(|&i| people[i].value.as_str())).await {
-            Ok(found) => {
-                for &i in &by_email {
-                    out[i] = Some(Ok(found.get(&people[i].value.to_lowercase()).cloned()));
-                }
-            }
+            Ok(found) => done.extend(
+                by_email
+                    .iter()
+                    .map(|&i| (i, Ok(found.get(&people[i].value.to_lowercase()).cloned()))),
+            ),
             // A failed batched read does not fail the batch: each contact then reads for itself and
             // succeeds or fails on its own (a 429 has already paused every worker for its Retry-After).
             Err(f) => tracing::warn!(
@@ -42,7 +42,9 @@ pub async fn attributes(ctx: &SyncCtx, people: &[PersonRef], parallel: usize) ->
             ),
         }
     }
-    let single: Vec<usize> = (0..people.len()).filter(|&i| out[i].is_none()).collect();
+    let single: Vec<usize> = (0..people.len())
+        .filter(|i| !done.iter().any(|(d, _)| d == i))
+        .collect();
     let reads: Vec<(usize, Read<Customer>)> = stream::iter(single)
         .map(|i| async move {
             let r = match ctx.cio.attributes(&people[i]).await {
@@ -55,10 +57,14 @@ pub async fn attributes(ctx: &SyncCtx, people: &[PersonRef], parallel: usize) ->
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
-    for (i, r) in reads {
-        out[i] = Some(r);
-    }
-    out.into_iter().map(|r| r.expect("every person was read")).collect()
+    done.extend(reads);
+    in_order(done)
+}
+
+/// Reads tagged with their position, back in order.
+fn in_order<T>(mut reads: Vec<(usize, T)>) -> Vec<T> {
+    reads.sort_by_key(|(i, _)| *i);
+    reads.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Attributes of people by e-mail, 100 per call: lower-cased e-mail → customer.
@@ -95,22 +101,25 @@ pub async fn person_segments(ctx: &SyncCtx, people: &[PersonRef], parallel: usiz
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
-    let mut out: Vec<Option<Read<BTreeSet<i64>>>> = vec![None; people.len()];
     let mut seen: BTreeMap<i64, Segment> = BTreeMap::new();
-    for (i, r) in reads {
-        out[i] = Some(r.map(|found| {
-            found.map(|segs| {
-                let ids = segs.iter().map(|s| s.id).collect();
-                seen.extend(segs.into_iter().map(|s| (s.id, s)));
-                ids
-            })
-        }));
-    }
+    let sets: Vec<(usize, Read<BTreeSet<i64>>)> = reads
+        .into_iter()
+        .map(|(i, r)| {
+            let set = r.map(|found| {
+                found.map(|segs| {
+                    let ids = segs.iter().map(|s| s.id).collect();
+                    seen.extend(segs.into_iter().map(|s| (s.id, s)));
+                    ids
+                })
+            });
+            (i, set)
+        })
+        .collect();
     let seen: Vec<Segment> = seen.into_values().collect();
     if let Err(e) = store::upsert_catalogue(&ctx.pool, &seen).await {
         tracing::warn!("could not store segment names ({e}); they are read again next time");
     }
-    out.into_iter().map(|r| r.expect("every person was read")).collect()
+    in_order(sets)
 }
 
 /// Names of the given segments from the cached catalogue, refreshed from `GET /v1/segments`

@@ -26,7 +26,8 @@ pub(super) struct Job {
     pub(super) end: Option<Result<Outcome, Failure>>,
     /// Whether the outcome still has to be written (`finish`).
     pub(super) unwritten: bool,
-    pub(super) customer: Option<Customer>,
+    /// The contact as Customer.io has it (empty for `update_tags`, which does not read it).
+    pub(super) customer: Customer,
     pub(super) mapped: Mapped,
     pub(super) cio_id: Option<String>,
     /// Lower-cased addresses the user may have.
@@ -50,7 +51,7 @@ impl Job {
             claim: None,
             end: None,
             unwritten: false,
-            customer: None,
+            customer: Customer::default(),
             mapped: Mapped::default(),
             cio_id: None,
             emails: Vec::new(),

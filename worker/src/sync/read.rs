@@ -58,7 +58,7 @@ pub(super) async fn read_attributes(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[
                         job.emails.push(e);
                     }
                 }
-                job.customer = Some(customer);
+                job.customer = customer;
                 job.mapped = mapped;
             }
         }

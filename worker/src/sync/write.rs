@@ -19,7 +19,11 @@ use super::{
     store::{self, NewOutboxRow, NewUser, UserChanges},
     users::{self, Facts},
 };
-use crate::{fieldmap::UserField, outbox::OutboxKind, password::Origin};
+use crate::{
+    fieldmap::UserField,
+    outbox::OutboxKind,
+    password::{Origin, Prepared},
+};
 
 /// Writes the jobs that reached the write phase.
 pub(super) async fn users(ctx: &SyncCtx, jobs: &mut [Job], ready: &[usize]) {
@@ -97,6 +101,7 @@ async fn round_once(ctx: &SyncCtx, jobs: &mut [Job], round: &[usize]) -> Result<
 struct Creating {
     job: usize,
     user: NewUser,
+    password: Prepared,
 }
 
 /// Writes one round; returns each job's end (committed).
@@ -127,12 +132,11 @@ async fn write_round(
     let mut usernames = Vec::new();
     for (&i, user) in round.iter().zip(&found) {
         let job = &jobs[i];
-        match (user, &job.customer) {
-            (Some(u), Some(c)) => new_emails.extend(users::email_change(u, c, &job.mapped)),
-            (None, Some(_)) if job.cmd().action == Action::Add => {
-                usernames.push(users::wanted_username(job.cmd(), &job.mapped))
-            }
-            _ => {}
+        match (job.cmd().action, user) {
+            (Action::UpdateTags, _) => {}
+            (_, Some(u)) => new_emails.extend(users::email_change(u, &job.customer, &job.mapped)),
+            (Action::Add, None) => usernames.push(users::wanted_username(job.cmd(), &job.mapped)),
+            (Action::Update, None) => {}
         }
     }
     facts.email_owners = store::email_owners(&mut tx, &new_emails).await?;
@@ -162,11 +166,10 @@ async fn write_round(
                 ends.insert(i, Ok(Outcome::NoUser));
             }
             (Action::Update | Action::Add, Some(u)) => {
-                let customer = job.customer.as_ref().expect("contacts read their attributes");
                 let c = users::refresh(
                     &job.inc.cmd,
                     &u,
-                    customer,
+                    &job.customer,
                     &job.mapped,
                     job.cio_id.as_deref(),
                     &facts,
@@ -189,11 +192,10 @@ async fn write_round(
                 );
             }
             (Action::Add, None) => {
-                let customer = job.customer.as_ref().expect("contacts read their attributes");
                 let planned = users::new_user(
                     &mut tx,
                     &job.inc.cmd,
-                    customer,
+                    &job.customer,
                     &job.mapped,
                     job.cio_id.as_deref(),
                     &ctx.default_role,
@@ -203,19 +205,21 @@ async fn write_round(
                 .await;
                 match planned {
                     Ok(Ok(mut user)) => {
-                        if job.password.is_none() {
-                            // The user it was about to refresh is gone: hash now (rare).
-                            let mapped = job.mapped.get(UserField::UserPass);
-                            job.password =
-                                Some(ctx.hasher.prepare(mapped, ctx.password_length).await.map_err(|e| {
-                                    Failure::Transient {
-                                        reason: e.to_string(),
-                                        retry_after: None,
-                                    }
-                                })?);
-                        }
-                        user.password_hash = job.password.as_ref().expect("hashed").hash.clone();
-                        creating.push(Creating { job: i, user });
+                        let password = match job.password.take() {
+                            Some(p) => p,
+                            // Hashed in the read phase unless the user it found then is gone, or an
+                            // earlier try of this round was rolled back: hash now (rare).
+                            None => ctx
+                                .hasher
+                                .prepare(job.mapped.get(UserField::UserPass), ctx.password_length)
+                                .await
+                                .map_err(|e| Failure::Transient {
+                                    reason: e.to_string(),
+                                    retry_after: None,
+                                })?,
+                        };
+                        user.password_hash = password.hash.clone();
+                        creating.push(Creating { job: i, user, password });
                     }
                     Ok(Err(reason)) => {
                         job.log.error(format!("Rejected: {reason}"));
@@ -244,8 +248,7 @@ async fn write_round(
     let mut outbox = Vec::new();
     for (c, id) in creating.iter().zip(&ids) {
         let job = &mut jobs[c.job];
-        let pw = job.password.as_ref().expect("hashed");
-        let source = match pw.origin {
+        let source = match c.password.origin {
             Origin::Generated => "generated password",
             Origin::FromCustomerIo => "password from Customer.io",
         };
@@ -253,7 +256,7 @@ async fn write_round(
             "Created user #{id} (role {}, username {}, {source})",
             c.user.role, c.user.username
         ));
-        outbox.extend(outbox_rows(ctx, job, *id, &c.user.email));
+        outbox.extend(outbox_rows(ctx, job, *id, &c.user.email, &c.password));
         segment_owner.insert(c.job, *id);
         ends.insert(
             c.job,
@@ -308,7 +311,7 @@ async fn write_round(
 }
 
 /// The outbox rows a new user brings, with their log lines.
-fn outbox_rows(ctx: &SyncCtx, job: &mut Job, user_id: i64, email: &str) -> Vec<NewOutboxRow> {
+fn outbox_rows(ctx: &SyncCtx, job: &mut Job, user_id: i64, email: &str, pw: &Prepared) -> Vec<NewOutboxRow> {
     let mut rows = Vec::new();
     let row = |kind, secret, skipped| NewOutboxRow {
         kind,
@@ -330,7 +333,6 @@ fn outbox_rows(ctx: &SyncCtx, job: &mut Job, user_id: i64, email: &str) -> Vec<N
         }
     }
     if let Some(pr) = &ctx.password_return {
-        let pw = job.password.as_ref().expect("hashed");
         if pw.origin == Origin::Generated {
             rows.push(row(
                 OutboxKind::PasswordReturn,
