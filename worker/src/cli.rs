@@ -42,6 +42,8 @@ pub enum Cmd {
         #[command(subcommand)]
         command: OutboxCmd,
     },
+    /// Serve the operator console (CONSOLE_ADDR, CONSOLE_TOKENS) until SIGTERM.
+    Console,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +113,10 @@ fn amqp() -> AmqpSettings {
 pub async fn operate(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Run => unreachable!("handled by main"),
+        Cmd::Console => {
+            let settings = crate::console::ConsoleSettings::from_env().unwrap_or_else(|e| fail(e));
+            crate::console::run_from_env(settings, shared::shutdown::signal()).await?;
+        }
         Cmd::Migrate => {
             let pool = pool().await;
             shared::MIGRATOR.run(&pool).await?;

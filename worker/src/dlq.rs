@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::{
-    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties,
 };
@@ -147,31 +147,7 @@ impl Dlq {
 
     /// Re-publishes one dead letter to the commands exchange (attempts reset), then acks it.
     pub async fn replay(&self, dl: &DeadLetter) -> anyhow::Result<()> {
-        let mut h: FieldTable = dl.properties.headers().clone().unwrap_or_default();
-        let mut cleaned = FieldTable::default();
-        for (k, v) in h.inner() {
-            if ![
-                headers::ATTEMPTS,
-                "x-death",
-                "x-first-death-reason",
-                "x-first-death-queue",
-                "x-first-death-exchange",
-                "x-last-death-reason",
-                "x-last-death-queue",
-                "x-last-death-exchange",
-                "x-delivery-count",
-            ]
-            .contains(&k.as_str())
-            {
-                cleaned.insert(k.clone(), v.clone());
-            }
-        }
-        cleaned.insert(
-            ShortString::from("x-cio-replayed-at"),
-            AMQPValue::LongString(Utc::now().to_rfc3339().into()),
-        );
-        h = cleaned;
-        let props = dl.properties.clone().with_headers(h);
+        let props = replay_properties(dl);
         self.publisher
             .publish(&self.names.commands_exchange(), COMMAND_KEY, &dl.body, props)
             .await?;
@@ -193,6 +169,198 @@ impl Dlq {
         let _ = self.channel.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// The properties a replayed dead letter is published with: its own, without the attempt count
+/// and the broker's dead-lettering headers, stamped with the time of the replay.
+pub fn replay_properties(dl: &DeadLetter) -> BasicProperties {
+    let h: FieldTable = dl.properties.headers().clone().unwrap_or_default();
+    let mut cleaned = FieldTable::default();
+    for (k, v) in h.inner() {
+        if ![
+            headers::ATTEMPTS,
+            "x-death",
+            "x-first-death-reason",
+            "x-first-death-queue",
+            "x-first-death-exchange",
+            "x-last-death-reason",
+            "x-last-death-queue",
+            "x-last-death-exchange",
+            "x-delivery-count",
+        ]
+        .contains(&k.as_str())
+        {
+            cleaned.insert(k.clone(), v.clone());
+        }
+    }
+    cleaned.insert(
+        ShortString::from("x-cio-replayed-at"),
+        AMQPValue::LongString(Utc::now().to_rfc3339().into()),
+    );
+    dl.properties.clone().with_headers(cleaned)
+}
+
+/// A window of the dead-letter queue, read without removing anything.
+#[derive(Debug)]
+pub struct Window {
+    /// Dead letters waiting when the read began.
+    pub total: u32,
+    /// The queue position (0 = head) of the first item.
+    pub offset: usize,
+    pub items: Vec<DeadLetter>,
+    /// Whether more dead letters follow the window.
+    pub more: bool,
+}
+
+/// Reads the dead letters at queue positions `offset .. offset + limit` without removing any.
+///
+/// Each message is fetched unacknowledged with `basic.get` on a channel of its own; once the
+/// window is read, every fetched message is given back with `basic.nack` (requeue, which RabbitMQ
+/// 4 does not count as a failed delivery), one at a time in the order fetched. A requeued message
+/// returns to its place at the head, so the queue keeps its order. Only the window's messages are
+/// kept in memory; those before it stay with the broker and are only counted. Should the process
+/// die midway, the broker requeues whatever the channel held: nothing is lost.
+///
+/// Messages held by another reader at the same moment are invisible to this one, so callers that
+/// share a queue serialise their reads.
+pub async fn peek(conn: &Connection, names: &Names, offset: usize, limit: usize) -> anyhow::Result<Window> {
+    let channel = conn.create_channel().await?;
+    let total = queue_depth(&channel, &names.dead_queue()).await?;
+    let mut fetched = Vec::new();
+    let mut items = Vec::new();
+    let mut more = false;
+    let result = async {
+        while let Some(m) = channel
+            .basic_get(names.dead_queue().as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            let d = m.delivery;
+            fetched.push(d.delivery_tag);
+            if fetched.len() > offset + limit {
+                more = true;
+                break;
+            }
+            if fetched.len() > offset {
+                items.push(DeadLetter::from_parts(d.delivery_tag, d.properties, d.data));
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    give_back(&channel, &fetched).await;
+    let _ = channel.close(200, "done".into()).await;
+    result?;
+    Ok(Window {
+        total,
+        offset,
+        items,
+        more,
+    })
+}
+
+/// What a selective replay or purge did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// Event ids of the dead letters acted on, in queue order.
+    pub done: Vec<String>,
+    /// Asked-for ids that are not in the queue (already replayed or purged, or never there).
+    pub not_found: Vec<String>,
+}
+
+/// Acts on exactly the dead letters whose event ids are in `ids` and removes them; every other
+/// message is given back in its place.
+///
+/// The queue is walked from its head with unacknowledged `basic.get`s, holding one message body at
+/// a time. A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a
+/// purge does nothing more) and acked only once `act` succeeded; the others are only held (their
+/// delivery tags are kept) and returned in order at the end, as [`peek`] does. The walk stops as
+/// soon as every id was found. When `act` fails, the message it failed on is given back too and
+/// the error returned: nothing is lost, and running the same selection again continues the work.
+/// `progress` is called after each success.
+pub async fn take_selected<F, Fut>(
+    conn: &Connection,
+    names: &Names,
+    ids: &[String],
+    mut act: F,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Selected>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut wanted: Vec<String> = Vec::new();
+    for id in ids {
+        if !wanted.iter().any(|w| w.eq_ignore_ascii_case(id)) {
+            wanted.push(id.clone());
+        }
+    }
+    let channel = conn.create_channel().await?;
+    let mut held = Vec::new();
+    let mut done = Vec::new();
+    let result = async {
+        while !wanted.is_empty() {
+            let Some(m) = channel
+                .basic_get(names.dead_queue().as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let d = m.delivery;
+            let dl = DeadLetter::from_parts(d.delivery_tag, d.properties, d.data);
+            let Some(i) = wanted.iter().position(|w| w.eq_ignore_ascii_case(&dl.event_id)) else {
+                held.push(dl.delivery_tag);
+                continue;
+            };
+            let (tag, id) = (dl.delivery_tag, dl.event_id.clone());
+            if let Err(e) = act(dl).await {
+                held.push(tag);
+                return Err(e);
+            }
+            channel.basic_ack(tag, BasicAckOptions::default()).await?;
+            wanted.remove(i);
+            progress(&id);
+            done.push(id);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    give_back(&channel, &held).await;
+    let _ = channel.close(200, "done".into()).await;
+    result?;
+    Ok(Selected {
+        done,
+        not_found: wanted,
+    })
+}
+
+/// Requeues held messages one by one, in the order they were fetched (see [`peek`]).
+async fn give_back(channel: &Channel, tags: &[u64]) {
+    for tag in tags {
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        if channel.basic_nack(*tag, requeue).await.is_err() {
+            // The channel is gone: the broker has requeued everything it held.
+            return;
+        }
+    }
+}
+
+/// Messages ready in a queue (a passive declare; the queue must exist).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    Ok(queue_info(channel, queue).await?.message_count())
+}
+
+/// A passive declare of an existing queue: its ready messages and consumers.
+pub async fn queue_info(channel: &Channel, queue: &str) -> anyhow::Result<lapin::Queue> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?)
 }
 
 /// Which dead letters a bulk replay takes.

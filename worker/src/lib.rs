@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod cio;
 pub mod cli;
+pub mod console;
 pub mod consumer;
 pub mod dlq;
 pub mod events;
