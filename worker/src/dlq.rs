@@ -203,8 +203,8 @@ pub fn replay_properties(dl: &DeadLetter) -> BasicProperties {
 /// A window of the dead-letter queue, read without removing anything.
 #[derive(Debug)]
 pub struct Window {
-    /// Dead letters waiting when the read began.
-    pub total: u32,
+    /// Dead letters in the queue (all of them were walked).
+    pub total: usize,
     /// The queue position (0 = head) of the first item.
     pub offset: usize,
     pub items: Vec<DeadLetter>,
@@ -212,49 +212,80 @@ pub struct Window {
     pub more: bool,
 }
 
-/// Reads the dead letters at queue positions `offset .. offset + limit` without removing any.
+/// How the walks below keep the queue whole and in order.
 ///
-/// Each message is fetched unacknowledged with `basic.get` on a channel of its own; once the
-/// window is read, every fetched message is given back with `basic.nack` (requeue, which RabbitMQ
-/// 4 does not count as a failed delivery), one at a time in the order fetched. A requeued message
-/// returns to its place at the head, so the queue keeps its order. Only the window's messages are
-/// kept in memory; those before it stay with the broker and are only counted. Should the process
-/// die midway, the broker requeues whatever the channel held: nothing is lost.
-///
-/// Messages held by another reader at the same moment are invisible to this one, so callers that
-/// share a queue serialise their reads.
-pub async fn peek(conn: &Connection, names: &Names, offset: usize, limit: usize) -> anyhow::Result<Window> {
-    let channel = conn.create_channel().await?;
-    let total = queue_depth(&channel, &names.dead_queue()).await?;
-    let mut fetched = Vec::new();
-    let mut items = Vec::new();
-    let mut more = false;
-    let result = async {
-        while let Some(m) = channel
-            .basic_get(names.dead_queue().as_str().into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
+/// A walk takes every message of the queue with unacknowledged `basic.get`s on a channel of its
+/// own, keeping at most the bodies it needs (a page, or the one in hand) and only the delivery
+/// tags of the rest, and then gives back what it did not remove with `basic.nack` (requeue; not
+/// counted as a failed delivery by RabbitMQ 4), one at a time in the order taken. A quorum queue
+/// serves requeued messages first, in the order they were requeued, so a walk must take the
+/// *whole* queue: giving back part of it would put that part behind messages requeued earlier.
+/// Should the process die midway, the broker requeues whatever the channel held: nothing is
+/// lost. A message held by one walk is invisible to another, so callers serialise their walks.
+struct Walk {
+    channel: Channel,
+    queue: String,
+    held: Vec<u64>,
+}
+
+impl Walk {
+    async fn start(conn: &Connection, names: &Names) -> anyhow::Result<Self> {
+        Ok(Self {
+            channel: conn.create_channel().await?,
+            queue: names.dead_queue(),
+            held: Vec::new(),
+        })
+    }
+
+    /// The next message, unacknowledged; `None` once the whole queue is in hand.
+    async fn next(&self) -> anyhow::Result<Option<DeadLetter>> {
+        let got = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?;
+        Ok(got.map(|m| {
             let d = m.delivery;
-            fetched.push(d.delivery_tag);
-            if fetched.len() > offset + limit {
-                more = true;
-                break;
+            DeadLetter::from_parts(d.delivery_tag, d.properties, d.data)
+        }))
+    }
+
+    /// Leaves a message in the queue (given back at the end).
+    fn keep(&mut self, dl: &DeadLetter) {
+        self.held.push(dl.delivery_tag);
+    }
+
+    /// Gives back everything kept, in order, and closes the channel. After a failure the rest of
+    /// the queue stays where it is, behind what is given back.
+    async fn finish(self) {
+        give_back(&self.channel, &self.held).await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// Reads the dead letters at queue positions `offset .. offset + limit` without removing any
+/// (see [`Walk`]); only the window's messages are kept in memory.
+pub async fn peek(conn: &Connection, names: &Names, offset: usize, limit: usize) -> anyhow::Result<Window> {
+    let mut walk = Walk::start(conn, names).await?;
+    let mut items = Vec::new();
+    let mut total = 0;
+    let result = async {
+        while let Some(dl) = walk.next().await? {
+            walk.keep(&dl);
+            if (offset..offset + limit).contains(&total) {
+                items.push(dl);
             }
-            if fetched.len() > offset {
-                items.push(DeadLetter::from_parts(d.delivery_tag, d.properties, d.data));
-            }
+            total += 1;
         }
         anyhow::Ok(())
     }
     .await;
-    give_back(&channel, &fetched).await;
-    let _ = channel.close(200, "done".into()).await;
+    walk.finish().await;
     result?;
     Ok(Window {
         total,
         offset,
+        more: total > offset + limit,
         items,
-        more,
     })
 }
 
@@ -267,16 +298,14 @@ pub struct Selected {
     pub not_found: Vec<String>,
 }
 
-/// Acts on exactly the dead letters whose event ids are in `ids` and removes them; every other
-/// message is given back in its place.
+/// Acts on exactly the dead letters whose event ids are in `ids` (compared case-insensitively;
+/// every copy of a duplicated id) and removes them; every other message is given back in its place
+/// (see [`Walk`]).
 ///
-/// The queue is walked from its head with unacknowledged `basic.get`s, holding one message body at
-/// a time. A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a
-/// purge does nothing more) and acked only once `act` succeeded; the others are only held (their
-/// delivery tags are kept) and returned in order at the end, as [`peek`] does. The walk stops as
-/// soon as every id was found. When `act` fails, the message it failed on is given back too and
-/// the error returned: nothing is lost, and running the same selection again continues the work.
-/// `progress` is called after each success.
+/// A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a purge
+/// does nothing more) and acked only once `act` succeeded; `progress` is called after each. When
+/// `act` fails, the message it failed on is given back too and the error returned: nothing is
+/// lost, and running the same selection again continues the work.
 pub async fn take_selected<F, Fut>(
     conn: &Connection,
     names: &Names,
@@ -294,43 +323,33 @@ where
             wanted.push(id.clone());
         }
     }
-    let channel = conn.create_channel().await?;
-    let mut held = Vec::new();
-    let mut done = Vec::new();
+    let mut walk = Walk::start(conn, names).await?;
+    let mut done: Vec<String> = Vec::new();
     let result = async {
-        while !wanted.is_empty() {
-            let Some(m) = channel
-                .basic_get(names.dead_queue().as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-            else {
-                break;
-            };
-            let d = m.delivery;
-            let dl = DeadLetter::from_parts(d.delivery_tag, d.properties, d.data);
-            let Some(i) = wanted.iter().position(|w| w.eq_ignore_ascii_case(&dl.event_id)) else {
-                held.push(dl.delivery_tag);
+        while let Some(dl) = walk.next().await? {
+            if !wanted.iter().any(|w| w.eq_ignore_ascii_case(&dl.event_id)) {
+                walk.keep(&dl);
                 continue;
-            };
-            let (tag, id) = (dl.delivery_tag, dl.event_id.clone());
+            }
+            let (id, tag) = (dl.event_id.clone(), dl.delivery_tag);
             if let Err(e) = act(dl).await {
-                held.push(tag);
+                walk.held.push(tag);
                 return Err(e);
             }
-            channel.basic_ack(tag, BasicAckOptions::default()).await?;
-            wanted.remove(i);
+            walk.channel.basic_ack(tag, BasicAckOptions::default()).await?;
             progress(&id);
             done.push(id);
         }
         anyhow::Ok(())
     }
     .await;
-    give_back(&channel, &held).await;
-    let _ = channel.close(200, "done".into()).await;
+    walk.finish().await;
     result?;
-    Ok(Selected {
-        done,
-        not_found: wanted,
-    })
+    let not_found = wanted
+        .into_iter()
+        .filter(|w| !done.iter().any(|d| d.eq_ignore_ascii_case(w)))
+        .collect();
+    Ok(Selected { done, not_found })
 }
 
 /// Requeues held messages one by one, in the order they were fetched (see [`peek`]).

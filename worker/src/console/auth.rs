@@ -194,7 +194,7 @@ fn is_api(path: &str) -> bool {
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/login" | "/healthz") || path.starts_with("/static/")
+    matches!(path, "/login" | "/healthz" | "/favicon.ico") || path.starts_with("/static/")
 }
 
 /// A refusal in the form the client expects (JSON for the API, a page otherwise).

@@ -102,13 +102,15 @@ impl ConsoleError {
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
 
-/// Headers on every answer: a strict content policy (no scripts at all), no sniffing, no
-/// referrer, and no caching of pages that show operational data.
+/// Headers on every answer: a strict content policy (no scripts at all), no sniffing, no framing,
+/// no referrer sent to other origins (`same-origin`: with `no-referrer` a browser would send
+/// `Origin: null` on the console's own forms, which the origin check refuses), and no caching of
+/// pages that show operational data.
 async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -122,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .route("/static/console.css", get(pages::stylesheet))
         .route("/events", get(pages::events))
         .route("/events/{id}", get(pages::event))

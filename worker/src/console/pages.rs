@@ -170,8 +170,12 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-fn login_page(st: &AppState, status: StatusCode, next: String, error: Option<String>) -> Response {
-    let nonce = auth::random_id();
+/// The sign-in form, with its double-submit nonce: the browser's current one when it has one
+/// (a second tab or a stray request for the form must not invalidate the first), else a new one.
+fn login_page(st: &AppState, headers: &HeaderMap, status: StatusCode, next: String, error: Option<String>) -> Response {
+    let nonce = auth::cookie_value(headers, LOGIN_COOKIE)
+        .filter(|n| n.len() == 43 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .unwrap_or_else(auth::random_id);
     let cookie = st
         .auth
         .cookie(LOGIN_COOKIE, &nonce, "/login", std::time::Duration::from_secs(1800));
@@ -184,8 +188,8 @@ fn login_page(st: &AppState, status: StatusCode, next: String, error: Option<Str
     (status, [(header::SET_COOKIE, cookie)], render(&page)).into_response()
 }
 
-pub async fn login_form(State(st): State<AppState>, Query(q): Query<NextQuery>) -> Response {
-    login_page(&st, StatusCode::OK, safe_next(q.next.as_deref()), None)
+pub async fn login_form(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+    login_page(&st, &headers, StatusCode::OK, safe_next(q.next.as_deref()), None)
 }
 
 pub async fn login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -203,6 +207,7 @@ pub async fn login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) 
         tracing::warn!("console: refused a sign-in without its form's CSRF token");
         return login_page(
             &st,
+            &HeaderMap::new(),
             StatusCode::FORBIDDEN,
             next,
             Some("The sign-in form had expired or came from elsewhere. Please sign in again.".into()),
@@ -212,6 +217,7 @@ pub async fn login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) 
         tracing::warn!("console: refused a sign-in with an invalid token");
         return login_page(
             &st,
+            &headers,
             StatusCode::UNAUTHORIZED,
             next,
             Some("That operator token is not valid.".into()),
