@@ -94,7 +94,9 @@ async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_bro
     b.fill("#email", "Jane@Example.com").await;
     b.click("#search-button").await;
     let rows = b
-        .wait_text("#events tbody", "Jane's event in the results", |t| t.contains("jane@example.com"))
+        .wait_text("#events tbody", "Jane's event in the results", |t| {
+            t.contains("jane@example.com")
+        })
         .await;
     assert_eq!(rows.lines().count(), 1, "{rows}");
     assert!(rows.contains("dead") && !rows.contains("john@"), "{rows}");
@@ -114,7 +116,10 @@ async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_bro
     env.simh.clear_faults();
     b.goto(&format!("{}/dead-letters", console.url)).await;
     let listed = b.text("#dead").await;
-    assert!(listed.contains(&jane) && listed.contains("jane@example.com"), "{listed}");
+    assert!(
+        listed.contains(&jane) && listed.contains("jane@example.com"),
+        "{listed}"
+    );
     b.screenshot("dead-letters").await;
     b.click(&format!("input[value='{jane}']")).await;
     b.click("#replay-selected").await;
@@ -133,7 +138,10 @@ async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_bro
     assert_eq!(env.queue_len(&env.names().dead_queue()).await, 0);
     b.click("#user-link").await;
     let fields = b.text("#user-fields").await;
-    assert!(fields.contains("jane@example.com") && fields.contains("Jane"), "{fields}");
+    assert!(
+        fields.contains("jane@example.com") && fields.contains("Jane"),
+        "{fields}"
+    );
     b.screenshot("user").await;
 
     // The overview: nothing dead any more, a worker attached, and the minute's bars.
@@ -150,7 +158,8 @@ async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_bro
 
     // On a phone-sized window the page does not scroll sideways (tables scroll in their box).
     b.resize(390, 844).await;
-    b.goto(&format!("{}/events?email=jane%40example.com", console.url)).await;
+    b.goto(&format!("{}/events?email=jane%40example.com", console.url))
+        .await;
     b.find("#events").await;
     let width = b
         .client
@@ -205,7 +214,10 @@ async fn session_by_hand(console: &Console) -> (String, String) {
         .map(|v| v.to_str().unwrap().to_string())
         .find(|c| c.starts_with("cio_console_session="))
         .unwrap();
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
     assert!(!session.contains(TOKEN), "the cookie is not the token");
     let cookie = session.split(';').next().unwrap().to_string();
     let page = http
@@ -259,10 +271,7 @@ async fn a_wrong_token_a_missing_csrf_token_and_cross_site_posts_are_refused() {
     b.find("nav").await;
     b.goto(&format!("{}/dead-letters", console.url)).await;
     b.client
-        .execute(
-            "document.querySelector('#dead-form input[name=csrf]').remove()",
-            vec![],
-        )
+        .execute("document.querySelector('#dead-form input[name=csrf]').remove()", vec![])
         .await
         .unwrap();
     b.click(&format!("input[value='{}']", ids[0])).await;
@@ -270,7 +279,10 @@ async fn a_wrong_token_a_missing_csrf_token_and_cross_site_posts_are_refused() {
     assert!(b.text("#problem").await.contains("CSRF"), "refused without its token");
     b.screenshot("csrf-refused").await;
     b.goto(&format!("{}/dead-letters", console.url)).await;
-    assert!(b.text("#dead").await.contains(&ids[0]), "still signed in, nothing deleted");
+    assert!(
+        b.text("#dead").await.contains(&ids[0]),
+        "still signed in, nothing deleted"
+    );
 
     // A page on another origin (another port of this host: same site, other origin) posts the
     // console's own form, even with the right CSRF token: refused by its Origin.
@@ -395,7 +407,10 @@ async fn dead_letter_pages_keep_the_queue_whole_and_act_only_on_the_selection() 
         .map(|d| d["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(got, ids[2..5].iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!((page["total"].as_u64(), page["next_offset"].as_u64()), (Some(7), Some(5)));
+    assert_eq!(
+        (page["total"].as_u64(), page["next_offset"].as_u64()),
+        (Some(7), Some(5))
+    );
     assert_eq!(page["items"][0]["position"], 2);
     assert_eq!(page["items"][0]["attempts"], 3);
     assert!(page["items"][0]["reason"].as_str().unwrap().contains("401"));
@@ -412,11 +427,19 @@ async fn dead_letter_pages_keep_the_queue_whole_and_act_only_on_the_selection() 
     b.click("#purge-selected").await;
     assert_eq!(b.text("#confirm-title").await, "Delete 2 dead letters for good?");
     b.screenshot("purge-confirm").await;
-    assert_eq!(env.queue_len(&env.names().dead_queue()).await, 7, "nothing before confirming");
+    assert_eq!(
+        env.queue_len(&env.names().dead_queue()).await,
+        7,
+        "nothing before confirming"
+    );
     b.click("#confirm-purge").await;
     assert_eq!(b.text("#purge-result").await, "2 dead letters deleted");
     let left: Vec<String> = [0, 2, 3, 5, 6].iter().map(|i| ids[*i].clone()).collect();
-    assert_eq!(dead_ids(&console).await, left, "only the selection went, the rest kept its order");
+    assert_eq!(
+        dead_ids(&console).await,
+        left,
+        "only the selection went, the rest kept its order"
+    );
     // Requeued messages are served first: reading only the head must not rotate the queue.
     let (_, head) = api.get("/api/dead-letters?limit=2").await;
     assert_eq!(head["items"][1]["event_id"], json!(left[1]));
@@ -426,7 +449,10 @@ async fn dead_letter_pages_keep_the_queue_whole_and_act_only_on_the_selection() 
 
     // A confirmation that does not match the selection is refused.
     let (status, v) = api
-        .post("/api/dead-letters/purge", json!({"ids": [ids[0], ids[2]], "confirm": 1}))
+        .post(
+            "/api/dead-letters/purge",
+            json!({"ids": [ids[0], ids[2]], "confirm": 1}),
+        )
         .await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("confirm"), "{v}");
@@ -510,7 +536,11 @@ async fn event_search_filters_pages_newest_first_and_counts_by_status() {
     let count = |v: &Value| v["events"].as_array().unwrap().len();
     let (_, v) = api.get("/api/events?email=U3%40Example.com&limit=500").await;
     assert_eq!(count(&v), 13);
-    assert!(v["events"].as_array().unwrap().iter().all(|e| e["email"] == "u3@example.com"));
+    assert!(v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["email"] == "u3@example.com"));
     let (_, v) = api.get("/api/events?key_label=journey-a&limit=500").await;
     assert_eq!(count(&v), 44);
     let (_, v) = api.get("/api/events?status=dead&action=add&limit=500").await;
@@ -525,9 +555,19 @@ async fn event_search_filters_pages_newest_first_and_counts_by_status() {
         .get(&format!("/api/events?from={}&to={}&limit=5", enc(&from), enc(&to)))
         .await;
     assert_eq!(count(&v), 5, "a page of the range");
-    let counts: i64 = v["counts"].as_array().unwrap().iter().map(|c| c["count"].as_i64().unwrap()).sum();
+    let counts: i64 = v["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["count"].as_i64().unwrap())
+        .sum();
     assert_eq!(counts, 20, "events received 10–30 minutes ago: i = 10..=29");
-    let dead = v["counts"].as_array().unwrap().iter().find(|c| c["status"] == "dead").unwrap();
+    let dead = v["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "dead")
+        .unwrap();
     assert_eq!(dead["count"], 4);
 
     let (status, v) = api.get("/api/events?status=finished").await;
@@ -593,7 +633,9 @@ async fn no_page_or_api_answer_shows_a_secret_and_a_dead_outbox_row_is_retried()
 
     let console = Console::start(&env).await;
     let api = console.api();
-    let (status, job) = api.post("/api/dead-letters/replay", json!({"ids": ["nothing-to-do"]})).await;
+    let (status, job) = api
+        .post("/api/dead-letters/replay", json!({"ids": ["nothing-to-do"]}))
+        .await;
     assert_eq!(status, 202);
     let job = job["id"].as_str().unwrap().to_string();
     let b = Browser::start(1280, 900).await;
@@ -642,7 +684,10 @@ async fn no_page_or_api_answer_shows_a_secret_and_a_dead_outbox_row_is_retried()
     // The Outbox page lists the dead row; after the fix, Retry puts it back and it is sent.
     b.goto(&format!("{}/outbox", console.url)).await;
     let listed = b.text("#outbox").await;
-    assert!(listed.contains("password_return") && listed.contains("dead"), "{listed}");
+    assert!(
+        listed.contains("password_return") && listed.contains("dead"),
+        "{listed}"
+    );
     b.screenshot("outbox").await;
     env.simh.clear_faults();
     b.click(&format!("#retry-{row}")).await;

@@ -31,9 +31,13 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 fn chromium_binary() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
 }
 
 impl Browser {
@@ -144,10 +148,7 @@ impl Browser {
     }
 
     pub async fn resize(&self, width: u32, height: u32) {
-        self.client
-            .set_window_size(width, height)
-            .await
-            .expect("resize window");
+        self.client.set_window_size(width, height).await.expect("resize window");
     }
 
     /// Ends the session and stops chromedriver.

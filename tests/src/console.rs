@@ -165,8 +165,14 @@ pub async fn publish_dead_letters(env: &TestEnv, emails: &[&str], reason: &str) 
         let s = |v: &str| AMQPValue::LongString(v.into());
         h.insert(ShortString::from(headers::ERROR), s(reason));
         h.insert(ShortString::from(headers::ATTEMPTS), AMQPValue::LongLongInt(3));
-        h.insert(ShortString::from(headers::FIRST_FAILURE), s(&chrono::Utc::now().to_rfc3339()));
-        h.insert(ShortString::from(headers::LAST_FAILURE), s(&chrono::Utc::now().to_rfc3339()));
+        h.insert(
+            ShortString::from(headers::FIRST_FAILURE),
+            s(&chrono::Utc::now().to_rfc3339()),
+        );
+        h.insert(
+            ShortString::from(headers::LAST_FAILURE),
+            s(&chrono::Utc::now().to_rfc3339()),
+        );
         h.insert(ShortString::from(headers::EVENT_ID), s(&id.to_string()));
         let props = BasicProperties::default()
             .with_message_id(id.to_string().into())

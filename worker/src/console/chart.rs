@@ -51,8 +51,8 @@ pub struct Chart {
     pub axis_x0: String,
     pub axis_x1: String,
     pub label_y: String,
-    /// Time labels under the axis: (x, text).
-    pub ticks: Vec<(String, String)>,
+    /// Time labels under the axis: (x, text, text-anchor).
+    pub ticks: Vec<(String, String, &'static str)>,
 }
 
 fn n(v: f64) -> String {
@@ -100,9 +100,14 @@ pub fn build(statuses: &[String], minutes: &[Minute]) -> Chart {
         })
         .collect();
     let mut ticks = Vec::new();
-    for i in [0, minutes.len() / 2, minutes.len().saturating_sub(1)] {
+    let last = minutes.len().saturating_sub(1);
+    for (i, anchor) in [(0, "start"), (minutes.len() / 2, "middle"), (last, "end")] {
         if let Some(m) = minutes.get(i) {
-            ticks.push((n(LEFT + i as f64 * slot), m.minute.format("%H:%M").to_string()));
+            let x = match anchor {
+                "end" => LEFT + (i + 1) as f64 * slot,
+                _ => LEFT + i as f64 * slot,
+            };
+            ticks.push((n(x), m.minute.format("%H:%M").to_string(), anchor));
         }
     }
     Chart {
