@@ -63,7 +63,6 @@ async fn finished_job(console: &Console, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_browser() {
-    let started = std::time::Instant::now();
     let mut env = TestEnv::new().await;
     env.simh.add_person("john@example.com", json!({"First Name": "John"}));
     env.simh.add_person("jane@example.com", json!({"First Name": "Jane"}));
@@ -170,7 +169,6 @@ async fn operator_finds_an_event_by_email_and_replays_its_dead_letter_in_the_bro
     b.screenshot("events-phone").await;
     b.close().await;
     console.stop().await;
-    eprintln!("browser journey took {:?}", started.elapsed());
 }
 
 /// A sign-in and a CSRF token taken the way a browser gets them, for raw HTTP checks.
