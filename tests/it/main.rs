@@ -2,6 +2,7 @@
 
 mod actions;
 mod binaries;
+mod console;
 mod faults;
 mod fuzz;
 mod ingress;

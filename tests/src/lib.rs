@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod broker;
+pub mod browser;
+pub mod console;
 pub mod env;
 pub mod pipeline;
 pub mod procs;

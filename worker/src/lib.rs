@@ -5,6 +5,7 @@
 
 pub mod cio;
 pub mod cli;
+pub mod console;
 pub mod consumer;
 pub mod dlq;
 pub mod events;
