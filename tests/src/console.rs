@@ -152,7 +152,7 @@ pub async fn publish_dead_letters(env: &TestEnv, emails: &[&str], reason: &str) 
             received_at: chrono::Utc::now(),
             action: Action::Add,
             contact: Contact {
-                email: email.to_string(),
+                email: shared::email::parse(email).expect("a valid address"),
                 id: None,
                 cio_id: None,
             },
