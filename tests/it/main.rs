@@ -9,4 +9,5 @@ mod observability;
 mod outbox;
 mod pipeline;
 mod simulator;
+mod snapshot;
 mod throughput;

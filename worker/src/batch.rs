@@ -135,7 +135,7 @@ async fn prefetch_for(
     }
     let needing_segments = by_email.iter().filter(|c| c.tags.is_none()).count();
     let newest = by_email.iter().map(|c| c.received_at).max().expect("not empty");
-    let fresh = ctx.snapshots.if_fresh(newest).await.is_some();
+    let fresh = ctx.snapshots.known_fresh(newest).await;
     let known: i64 = sqlx::query_scalar("select count(*) from segments")
         .fetch_one(&ctx.pool)
         .await?;
@@ -143,7 +143,9 @@ async fn prefetch_for(
     if !batch_attributes {
         return Ok(None);
     }
-    let pre = prefetch::fetch(ctx, &by_email, snapshot).await?;
+    // Every command of the batch syncs with it, so the snapshot's memberships are read for each.
+    let all: Vec<&SyncV1> = ready.iter().map(|(it, _)| &it.cmd).collect();
+    let pre = prefetch::fetch(ctx, &all, snapshot).await?;
     metrics::counter!("cio_worker_batched_commands_total").increment(by_email.len() as u64);
     Ok(Some(pre))
 }

@@ -107,7 +107,7 @@ impl Worker {
             password_return: settings.password_return.clone(),
             mail_enabled: mailer.is_some(),
             outbox_wakeup: wakeup.clone(),
-            snapshots: Default::default(),
+            snapshots: sync::snapshot::Snapshots::new(settings.snapshot_max_members),
         });
         let publisher = Publisher::new(&settings.amqp, "cio-sync worker (retries)");
         let consumer = Arc::new(Consumer {

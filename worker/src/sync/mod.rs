@@ -9,6 +9,7 @@
 pub mod coalesce;
 pub mod prefetch;
 mod segments;
+pub mod snapshot;
 pub mod store;
 mod users;
 
@@ -47,7 +48,7 @@ pub struct SyncCtx {
     /// Woken after a commit that queued outbox rows, so that delivery starts at once.
     pub outbox_wakeup: Arc<Notify>,
     /// The latest segment membership snapshot (batched reads).
-    pub snapshots: prefetch::Snapshots,
+    pub snapshots: snapshot::Snapshots,
 }
 
 /// How an event ended.

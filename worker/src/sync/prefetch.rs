@@ -1,9 +1,8 @@
 //! Reading many contacts at once when commands queue up (issue 6): attributes through
 //! `POST /v1/customers/attributes` (up to 100 people a call) and segment memberships from a
-//! snapshot of every segment's paged membership (`GET /v1/segments/{id}/membership`), instead of
-//! two calls per contact. A snapshot serves only webhooks received before it was taken, and the
-//! sync that uses it counts as started when its data was read (see `coalesce`). Snapshots are
-//! stored in Postgres, so that one worker takes each and every worker uses it.
+//! membership snapshot (`snapshot`), read back for just the batch's contacts, instead of two calls
+//! per contact. A snapshot serves only webhooks received before it was taken, and the sync that
+//! uses it counts as started when its data was read (see `coalesce`).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -12,231 +11,30 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use shared::command::SyncV1;
-use tokio::sync::Mutex;
 
-use sqlx::PgPool;
-use uuid::Uuid;
-
-use super::{
-    coalesce::{self, CLOCK_SKEW_MARGIN},
-    store, Failure, SyncCtx,
-};
-use crate::cio::{types::Customer, CioError, IdType};
+use super::{Failure, SyncCtx};
+use crate::cio::{types::Customer, IdType};
 
 /// People per batch call (the API's maximum).
 pub const ATTRIBUTES_BATCH: usize = 100;
-/// Members per membership page (the API's maximum).
-pub const MEMBERSHIP_PAGE: u32 = 30_000;
-
-/// Every segment's members at one moment.
+/// The segment memberships of a batch's contacts, read from a membership snapshot (`snapshot`),
+/// with the names of their segments as read with it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
-    /// App API calls the snapshot cost.
-    pub calls: usize,
-    pub segment_count: usize,
-    /// Segment names from the catalogue read with the snapshot.
+    /// Names of the batch's segments, from the catalogue read with the snapshot.
     pub names: HashMap<i64, String>,
-    by_cio: HashMap<String, BTreeSet<i64>>,
+    /// By lower-cased e-mail: the contact's segments, matched by that e-mail or by the cio_id the
+    /// batch knew for it (given in the command, or read with its attributes).
     by_email: HashMap<String, BTreeSet<i64>>,
 }
 
 impl Snapshot {
-    pub fn segments_of(&self, cio_id: Option<&str>, email: &str) -> BTreeSet<i64> {
-        let mut s = BTreeSet::new();
-        if let Some(found) = cio_id.and_then(|c| self.by_cio.get(c)) {
-            s.extend(found);
-        }
-        if let Some(found) = self.by_email.get(&email.to_lowercase()) {
-            s.extend(found);
-        }
-        s
+    /// The segments of a contact of the batch (read for its e-mail and the cio_id the batch knew;
+    /// the sync passes that same cio_id).
+    pub fn segments_of(&self, _cio_id: Option<&str>, email: &str) -> BTreeSet<i64> {
+        self.by_email.get(&email.to_lowercase()).cloned().unwrap_or_default()
     }
-}
-
-/// The key under which snapshots are claimed (`coalesce`): one worker takes a snapshot while
-/// the others wait for it; a snapshot that started after a webhook arrived serves that webhook.
-const SNAPSHOT_KEY: &str = "segment-membership-snapshot";
-/// Snapshots kept in the database (the latest serves; older ones are deleted).
-const SNAPSHOTS_KEPT: i64 = 2;
-
-/// The latest snapshot this worker loaded; snapshots themselves are shared through Postgres.
-#[derive(Default)]
-pub struct Snapshots {
-    current: Mutex<Option<Arc<Snapshot>>>,
-}
-
-impl Snapshots {
-    /// The snapshot in memory if it was taken after `received` (plus the skew margin).
-    pub async fn if_fresh(&self, received: DateTime<Utc>) -> Option<Arc<Snapshot>> {
-        let g = self.current.lock().await;
-        g.as_ref()
-            .filter(|s| s.taken_at >= received + CLOCK_SKEW_MARGIN)
-            .cloned()
-    }
-
-    /// A snapshot taken after `received`: this worker's, another worker's, or a new one.
-    pub async fn fresh(&self, ctx: &SyncCtx, received: DateTime<Utc>) -> Result<Arc<Snapshot>, Failure> {
-        let mut g = self.current.lock().await;
-        let deadline = tokio::time::Instant::now() + coalesce::LEASE + std::time::Duration::from_secs(5);
-        loop {
-            if let Some(s) = g.as_ref().filter(|s| s.taken_at >= received + CLOCK_SKEW_MARGIN) {
-                return Ok(s.clone());
-            }
-            if let Some(s) = load_latest(&ctx.pool, received).await? {
-                *g = Some(s);
-                continue;
-            }
-            // A snapshot serves webhooks received at least the skew margin before it: taking one
-            // sooner would not serve this batch, and would only be taken again.
-            let ready_at = received + CLOCK_SKEW_MARGIN;
-            if let Ok(early) = (ready_at - Utc::now()).to_std() {
-                tokio::time::sleep(early).await;
-            }
-            match coalesce::claim_key(&ctx.pool, SNAPSHOT_KEY.into(), received, Uuid::new_v4()).await? {
-                coalesce::Verdict::Claimed(claim) => match take(ctx, &claim).await {
-                    Ok(s) => {
-                        *g = Some(s.clone());
-                        return Ok(s);
-                    }
-                    Err(f) => {
-                        coalesce::release(&ctx.pool, &claim).await;
-                        return Err(f);
-                    }
-                },
-                // Satisfied: a newer snapshot is in the database (loaded on the next turn).
-                coalesce::Verdict::Satisfied { .. } => {}
-                coalesce::Verdict::Busy if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                coalesce::Verdict::Busy => {
-                    return Err(Failure::Transient {
-                        reason: "another worker's membership snapshot is taking too long".into(),
-                        retry_after: None,
-                    })
-                }
-            }
-        }
-    }
-}
-
-/// The latest stored snapshot, if it was taken after `received`.
-async fn load_latest(pool: &PgPool, received: DateTime<Utc>) -> Result<Option<Arc<Snapshot>>, sqlx::Error> {
-    let head: Option<(i64, DateTime<Utc>, i32, i32)> = sqlx::query_as(
-        "select id, taken_at, segment_count, calls from membership_snapshots
-         where taken_at >= $1 order by taken_at desc limit 1",
-    )
-    .bind(received + CLOCK_SKEW_MARGIN)
-    .fetch_optional(pool)
-    .await?;
-    let Some((id, taken_at, segment_count, calls)) = head else {
-        return Ok(None);
-    };
-    let rows: Vec<(String, Vec<i64>)> =
-        sqlx::query_as("select contact, segment_ids from membership_snapshot_members where snapshot_id = $1")
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    let mut snap = Snapshot {
-        taken_at,
-        calls: calls as usize,
-        segment_count: segment_count as usize,
-        ..Default::default()
-    };
-    for (contact, ids) in rows {
-        let set: BTreeSet<i64> = ids.into_iter().collect();
-        if let Some(c) = contact.strip_prefix("cio:") {
-            snap.by_cio.insert(c.to_string(), set);
-        } else if let Some(e) = contact.strip_prefix("email:") {
-            snap.by_email.insert(e.to_string(), set);
-        }
-    }
-    Ok(Some(Arc::new(snap)))
-}
-
-/// Reads every segment's membership from Customer.io and stores it for every worker.
-async fn take(ctx: &SyncCtx, claim: &coalesce::Claim) -> Result<Arc<Snapshot>, Failure> {
-    let catalogue = ctx.cio.segments().await?;
-    store::upsert_catalogue(&ctx.pool, &catalogue).await?;
-    let mut snap = Snapshot {
-        taken_at: claim.started_at,
-        calls: 1,
-        segment_count: catalogue.len(),
-        ..Default::default()
-    };
-    for seg in &catalogue {
-        let mut start: Option<String> = None;
-        loop {
-            let page = match ctx
-                .cio
-                .segment_membership(seg.id, start.as_deref(), MEMBERSHIP_PAGE)
-                .await
-            {
-                Ok(p) => p,
-                Err(CioError::NotFound) => break, // deleted since the catalogue was read
-                Err(e) => return Err(e.into()),
-            };
-            snap.calls += 1;
-            for who in page.identifiers {
-                if let Some(c) = who.cio_id {
-                    snap.by_cio.entry(c).or_default().insert(seg.id);
-                }
-                if let Some(e) = who.email {
-                    snap.by_email.entry(e.to_lowercase()).or_default().insert(seg.id);
-                }
-            }
-            match page.next.filter(|n| !n.is_empty()) {
-                Some(n) => start = Some(n),
-                None => break,
-            }
-        }
-    }
-    let mut contacts = Vec::with_capacity(snap.by_cio.len() + snap.by_email.len());
-    let mut ids = Vec::with_capacity(contacts.capacity());
-    for (c, set) in &snap.by_cio {
-        contacts.push(format!("cio:{c}"));
-        ids.push(serde_json::to_string(set).expect("ids serialise"));
-    }
-    for (e, set) in &snap.by_email {
-        contacts.push(format!("email:{e}"));
-        ids.push(serde_json::to_string(set).expect("ids serialise"));
-    }
-    let mut tx = ctx.pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "insert into membership_snapshots (taken_at, segment_count, calls) values ($1, $2, $3) returning id",
-    )
-    .bind(snap.taken_at)
-    .bind(snap.segment_count as i32)
-    .bind(snap.calls as i32)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "insert into membership_snapshot_members (snapshot_id, contact, segment_ids)
-         select $1, c, array(select jsonb_array_elements_text(i::jsonb)::bigint)
-         from unnest($2::text[], $3::text[]) as t(c, i)",
-    )
-    .bind(id)
-    .bind(&contacts)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "delete from membership_snapshots where id not in
-             (select id from membership_snapshots order by taken_at desc limit $1)",
-    )
-    .bind(SNAPSHOTS_KEPT)
-    .execute(&mut *tx)
-    .await?;
-    coalesce::complete(&mut tx, claim, None, Uuid::new_v4()).await?;
-    tx.commit().await?;
-    metrics::counter!("cio_worker_snapshots_total").increment(1);
-    tracing::info!(
-        segments = snap.segment_count,
-        calls = snap.calls,
-        contacts = contacts.len(),
-        "took a segment membership snapshot"
-    );
-    Ok(Arc::new(snap))
 }
 
 /// Data read for a batch of commands.
@@ -271,7 +69,8 @@ pub fn worth_it(
     (batch_attributes, snapshot)
 }
 
-/// Reads attributes (and, if asked, a snapshot) for the commands addressed by e-mail.
+/// Reads attributes (for the commands addressed by e-mail) and, if asked, every command's
+/// segment memberships from a snapshot.
 pub async fn fetch(ctx: &SyncCtx, cmds: &[&SyncV1], want_snapshot: bool) -> Result<Prefetched, Failure> {
     let mut pre = Prefetched::default();
     let mut emails: Vec<String> = cmds
@@ -281,12 +80,13 @@ pub async fn fetch(ctx: &SyncCtx, cmds: &[&SyncV1], want_snapshot: bool) -> Resu
         .collect();
     emails.sort();
     emails.dedup();
-    if want_snapshot {
-        let newest = cmds.iter().map(|c| c.received_at).max().unwrap_or_else(Utc::now);
-        let snap = ctx.snapshots.fresh(ctx, newest).await?;
-        pre.at = Some(snap.taken_at);
-        pre.snapshot = Some(snap);
-    }
+    let snapshot = match want_snapshot {
+        true => {
+            let newest = cmds.iter().map(|c| c.received_at).max().unwrap_or_else(Utc::now);
+            ctx.snapshots.fresh(&ctx.pool, &ctx.cio, newest).await?
+        }
+        false => None,
+    };
     let started = Utc::now();
     for chunk in emails.chunks(ATTRIBUTES_BATCH) {
         let found = ctx.cio.attributes_batch(chunk, IdType::Email).await?;
@@ -298,7 +98,37 @@ pub async fn fetch(ctx: &SyncCtx, cmds: &[&SyncV1], want_snapshot: bool) -> Resu
         pre.asked.extend(chunk.iter().cloned());
     }
     if !emails.is_empty() {
-        pre.at = Some(pre.at.map_or(started, |a| a.min(started)));
+        pre.at = Some(started);
+    }
+    if let Some(snap) = snapshot {
+        let contacts: Vec<(Option<String>, String)> = cmds
+            .iter()
+            .map(|c| {
+                let email = c.contact.email.to_lowercase();
+                let cio_id = c
+                    .contact
+                    .cio_id
+                    .clone()
+                    .or_else(|| pre.customers.get(&email).and_then(Customer::cio_id));
+                (cio_id, email)
+            })
+            .collect();
+        let asked: Vec<(Option<&str>, &str)> = contacts.iter().map(|(c, e)| (c.as_deref(), e.as_str())).collect();
+        let sets = snap.memberships(&ctx.pool, &asked).await?;
+        let mut view = Snapshot {
+            taken_at: snap.taken_at,
+            ..Default::default()
+        };
+        for ((_, email), set) in contacts.into_iter().zip(sets) {
+            for id in &set {
+                if let Some(name) = snap.name(*id) {
+                    view.names.insert(*id, name.to_string());
+                }
+            }
+            view.by_email.entry(email).or_default().extend(set);
+        }
+        pre.at = Some(pre.at.map_or(snap.taken_at, |a| a.min(snap.taken_at)));
+        pre.snapshot = Some(Arc::new(view));
     }
     Ok(pre)
 }
