@@ -34,9 +34,11 @@ use crate::cio::{types::Identifiers, CioClient, CioError};
 /// Members per membership page (the API's maximum).
 pub const MEMBERSHIP_PAGE: u32 = 30_000;
 /// Default of `SNAPSHOT_MAX_MEMBERS`: memberships (person–segment pairs) above which a workspace is
-/// read per contact instead. Worker memory does not depend on it (one page at a time); it bounds
-/// the time a snapshot takes and the space it takes in Postgres (about 34 pages, and some 200 bytes
-/// per membership with its indexes, for each of the snapshots kept).
+/// read per contact instead. Worker memory does not depend on it: a worker holds one page at a time
+/// (30,000 identifiers, a few MB parsed) and reads back only a batch's contacts. It bounds what a
+/// snapshot costs elsewhere: at least 34 App API calls for a million memberships, the time to
+/// write them, and Postgres space (about 185 bytes a membership with its indexes, for each of the
+/// snapshots kept).
 pub const DEFAULT_MAX_MEMBERS: usize = 1_000_000;
 /// How long a snapshot's lease lasts unless renewed; the holder renews it every third of that.
 pub const LEASE: Duration = Duration::from_secs(60);
