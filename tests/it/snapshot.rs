@@ -53,11 +53,11 @@ async fn unthrottled() -> (TestEnv, CioClient) {
     (env, cio)
 }
 
-/// Pages of 2, so that every segment but one takes several calls; a short lease.
+/// Pages of 2, so that a segment can take several calls; a short lease.
 fn settings(max_members: usize) -> SnapshotSettings {
     SnapshotSettings {
         max_members,
-        lease: Duration::from_millis(600),
+        lease: Duration::from_secs(1),
         max_wait: Duration::from_secs(30),
         page_size: 2,
     }
@@ -160,9 +160,9 @@ async fn two_workers_asking_at_once_take_one_snapshot() {
 async fn a_holder_that_renews_its_lease_keeps_the_others_waiting_past_its_length() {
     let (env, cio) = unthrottled().await;
     seed(&env);
-    // Each page takes 400 ms: the snapshot takes about 1.6 s, over twice the 600 ms lease.
+    // Each page takes 800 ms: the snapshot takes over 3 s, three times the 1 s lease.
     env.simh
-        .inject(Fault::new(Api::App, FaultKind::Delay(Duration::from_millis(400))).with_path("/membership"));
+        .inject(Fault::new(Api::App, FaultKind::Delay(Duration::from_millis(800))).with_path("/membership"));
     let (a, b) = (
         Snapshots::with_settings(settings(1000)),
         Snapshots::with_settings(settings(1000)),

@@ -95,7 +95,7 @@ impl Snapshot {
         self.names.get(&id).map(String::as_str)
     }
 
-    /// Segments in the catalogue read with the snapshot.
+    /// Named segments in the catalogue read with the snapshot.
     pub fn segment_count(&self) -> usize {
         self.names.len()
     }
