@@ -10,4 +10,5 @@ mod observability;
 mod outbox;
 mod pipeline;
 mod simulator;
+mod snapshot;
 mod throughput;

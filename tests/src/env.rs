@@ -140,6 +140,7 @@ impl TestEnv {
             shutdown_grace: Duration::from_secs(5),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             outbox_max_attempts: 8,
+            snapshot_max_members: worker::sync::snapshot::DEFAULT_MAX_MEMBERS,
         }
     }
 

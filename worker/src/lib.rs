@@ -107,7 +107,7 @@ impl Worker {
             password_return: settings.password_return.clone(),
             mail_enabled: mailer.is_some(),
             outbox_wakeup: wakeup.clone(),
-            snapshots: sync::snapshot::Snapshots::new(1_000_000),
+            snapshots: sync::snapshot::Snapshots::new(settings.snapshot_max_members),
             hasher: Default::default(),
             parallel: settings.concurrency,
             max_attempts: settings.max_attempts,

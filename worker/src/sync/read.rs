@@ -118,7 +118,10 @@ pub(super) async fn read_segments(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[us
             match s.memberships(&ctx.pool, &contacts).await {
                 Ok(sets) => Some(sets),
                 Err(e) => {
-                    tracing::warn!("reading the membership snapshot failed ({e}); reading one by one");
+                    tracing::warn!(
+                        "reading the membership snapshot failed ({}); reading one by one",
+                        e.reason()
+                    );
                     None
                 }
             }
