@@ -137,9 +137,14 @@ async fn memberships_are_read_back_for_the_asked_contacts_by_cio_id_or_email() {
 async fn two_workers_asking_at_once_take_one_snapshot() {
     let (env, cio) = unthrottled().await;
     seed(&env);
+    // A lease long enough that only the race between the two can make a second snapshot.
+    let long_lease = || SnapshotSettings {
+        lease: Duration::from_secs(30),
+        ..settings(1000)
+    };
     let (a, b) = (
-        Snapshots::with_settings(settings(1000)),
-        Snapshots::with_settings(settings(1000)),
+        Snapshots::with_settings(long_lease()),
+        Snapshots::with_settings(long_lease()),
     );
     let at = received();
     let (x, y) = tokio::join!(a.fresh(&env.pool, &cio, at), b.fresh(&env.pool, &cio, at));

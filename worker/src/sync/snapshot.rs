@@ -217,7 +217,16 @@ impl Snapshots {
             } else {
                 let holder = Uuid::new_v4();
                 match acquire(pool, holder, self.settings.lease).await? {
-                    Some(taken_at) => return self.take(pool, cio, holder, taken_at).await,
+                    Some(taken_at) => {
+                        // Another worker may have completed one (and released the lease) between
+                        // the check above and taking the lease: use it rather than take a second.
+                        if let Some(s) = latest_complete(pool, ready).await? {
+                            release(&mut *pool.acquire().await?, holder).await?;
+                            self.remember(&s);
+                            return Ok(Some(s));
+                        }
+                        return self.take(pool, cio, holder, taken_at).await;
+                    }
                     None => POLL,
                 }
             };
