@@ -154,10 +154,12 @@ pub async fn run(o: Options) -> Report {
             format!("warm{i}@bench.example.com")
         })
         .await;
+        let cpu_before = report::cpu_seconds(ingress.child.id());
         let run = load::webhooks(&url, ACCESS_KEY, "update", o.requests, o.connections, |i| {
             format!("contact{i}@bench.example.com")
         })
         .await;
+        let cpu_after = report::cpu_seconds(ingress.child.id());
         ingress_rss = ingress_rss.max(rss(&ingress));
         let p50 = percentile(&run.latencies, 50.0);
         let p99 = percentile(&run.latencies, 99.0);
@@ -170,6 +172,16 @@ pub async fn run(o: Options) -> Report {
             ms(p99),
             run.failures
         ));
+        // CPU per webhook is what the ingress takes from the broker on a shared machine, and
+        // unlike throughput it hardly depends on what else the machine is doing.
+        if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+            r.line(format!(
+                "ingress CPU: {:.2} s for {} webhooks, {:.0} µs per webhook",
+                a - b,
+                run.count,
+                (a - b) * 1e6 / run.count as f64
+            ));
+        }
         ingress.terminate(Duration::from_secs(10));
         // The broker's ceiling for the same work, on a fresh namespace.
         let env2 = TestEnv::new().await;
