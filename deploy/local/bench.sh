@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark (README "Performance"): release binaries against the machine's PostgreSQL and
-# RabbitMQ and the in-process Customer.io simulator. Prints the figures and whether each target
-# is met; exits non-zero when one is not. Options: see `target/release/cio-bench --help`.
+# RabbitMQ and the in-process Customer.io simulator. Steps: ingress, unthrottled updates, throttled
+# burst, add burst with the password return, large membership snapshot; each can be skipped
+# (--skip-ingress, --skip-unthrottled, --skip-throttled, --skip-add-burst, --skip-snapshot).
+# Prints the figures, each worker's peak RSS per step, and whether each target is met; exits
+# non-zero when one is not. Options: see `target/release/cio-bench --help`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"

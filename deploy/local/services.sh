@@ -69,6 +69,19 @@ ensure_rabbitmq() {
   wait_port RabbitMQ "$AMQP_HOST" "$AMQP_PORT" 90
 }
 
+# The operator console's browser tests drive headless Chromium through chromedriver (Debian's
+# chromium and chromium-driver packages).
+ensure_browser() {
+  if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+    return 0
+  fi
+  say "chromium or chromedriver is missing (the console's browser tests need both)"
+  apt_install chromium chromium-driver || {
+    echo "error: install chromium and chromium-driver (Debian packages) to run the console's browser tests" >&2
+    return 1
+  }
+}
+
 ensure_services() {
   ensure_postgres
   ensure_rabbitmq

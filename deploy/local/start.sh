@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole cio-sync system on this machine: PostgreSQL and RabbitMQ (started or installed
-# when needed), the migrations, the ingress and two workers — and, when no Customer.io credentials
-# are set, the Customer.io simulator seeded with demo contacts. Ends with a curl that works.
+# when needed), the migrations, the ingress, two workers and the operator console — and, when no
+# Customer.io credentials are set, the Customer.io simulator seeded with demo contacts. Ends with a
+# curl that works and the console's address and sign-in token.
 #
 # Configuration is the environment of DESIGN §6 (see the README); state lives in .run/.
 # Stop everything with deploy/local/stop.sh.
@@ -84,6 +85,20 @@ for i in 1 2; do
   echo $! > "$RUN/worker-$i.pid"
 done
 
+# The operator console, with a token for this machine kept across restarts.
+if [ -z "${CONSOLE_TOKENS:-}" ]; then
+  [ -s "$RUN/console_token" ] || head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 > "$RUN/console_token"
+  CONSOLE_TOKEN=$(cat "$RUN/console_token")
+  export CONSOLE_TOKENS="operator:$CONSOLE_TOKEN"
+else
+  CONSOLE_TOKEN="(one of your CONSOLE_TOKENS)"
+fi
+export CONSOLE_ADDR=${CONSOLE_ADDR:-127.0.0.1:8088}
+say "starting the operator console on $CONSOLE_ADDR"
+nohup "$BIN/worker" console > "$RUN/console.log" 2>&1 &
+echo $! > "$RUN/console.pid"
+CONSOLE_URL="http://$CONSOLE_ADDR"
+
 URL="http://$INGRESS_ADDR"
 for _ in $(seq 60); do
   if curl -fsS "http://$INGRESS_ADMIN_ADDR/readyz" >/dev/null 2>&1; then break; fi
@@ -98,6 +113,11 @@ for i in 1 2; do
   curl -fsS "http://127.0.0.1:$((9090 + i + 1))/readyz" >/dev/null || { echo "worker $i did not become ready; see $RUN/worker-$i.log" >&2; exit 1; }
 done
 curl -fsS "$URL/?wpf_action=test&access_key=$KEY" | grep -q '"success":true' || { echo "the test webhook failed" >&2; exit 1; }
+for _ in $(seq 60); do
+  curl -fsS "$CONSOLE_URL/healthz" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "$CONSOLE_URL/healthz" >/dev/null || { echo "the console did not start; see $RUN/console.log" >&2; exit 1; }
 
 cat <<MSG
 
@@ -113,4 +133,6 @@ Create a user from the demo contact jane@example.com, as a Customer.io journey w
 Then see what happened (use the event_id from the answer):
 
   DATABASE_URL=$DATABASE_URL $BIN/worker events show <event_id>
+
+or in the operator console: $CONSOLE_URL/ — sign in with the token $CONSOLE_TOKEN
 MSG

@@ -180,7 +180,7 @@ async fn webhook(State(st): State<AppState>, req: Request) -> Response {
         inner.metrics.request(action, StatusCode::SERVICE_UNAVAILABLE, label);
         return responses::unavailable(Unavailable::InFlightLimit);
     };
-    let props = properties(event_id, name, &cmd.contact.email, inner.keys.label(label), now);
+    let props = properties(event_id, name, cmd.contact.email.as_str(), inner.keys.label(label), now);
     let payload = Command::SyncV1(cmd).encode();
     let started = Instant::now();
     let result = st

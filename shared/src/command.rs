@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::email::Email;
+
 /// Every command variant ever published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -84,7 +86,7 @@ impl std::fmt::Display for Action {
 /// The Customer.io contact the webhook is about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
-    pub email: String,
+    pub email: Email,
     pub id: Option<String>,
     pub cio_id: Option<String>,
 }
@@ -101,7 +103,7 @@ mod tests {
             received_at: "2026-11-27T06:00:00Z".parse().unwrap(),
             action: Action::Add,
             contact: Contact {
-                email: "jane@example.com".into(),
+                email: crate::email::parse("jane@example.com").unwrap(),
                 id: None,
                 cio_id: None,
             },

@@ -1,10 +1,57 @@
-//! E-mail addresses as the ingress accepts them: parsed once at the edge.
+//! E-mail addresses: parsed once where they enter (the ingress, or a command being decoded), then
+//! carried as [`Email`], so nothing downstream validates them again.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An address that passed [`parse`]. Serialises as the plain string; deserialising validates, so a
+/// command carrying a malformed address fails to decode (and is dead-lettered with the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Email(String);
+
+impl Email {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address folded for comparison (addresses match case-insensitively).
+    pub fn folded(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl TryFrom<String> for Email {
+    type Error = &'static str;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        parse(&raw)
+    }
+}
+
+impl From<Email> for String {
+    fn from(e: Email) -> String {
+        e.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for Email {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
 
 /// Checks that `raw` looks like a deliverable address and returns it trimmed.
 ///
 /// This is deliberately a syntax check, not RFC 5322 in full: one `@`, a non-empty local part
 /// without spaces or control characters, and a dotted domain of letters, digits and hyphens.
-pub fn parse(raw: &str) -> Result<String, &'static str> {
+pub fn parse(raw: &str) -> Result<Email, &'static str> {
     let s = raw.trim();
     if s.is_empty() {
         return Err("contact e-mail is empty");
@@ -33,7 +80,7 @@ pub fn parse(raw: &str) -> Result<String, &'static str> {
     if labels.len() < 2 || !labels.iter().all(label_ok) {
         return Err("contact e-mail has an invalid domain");
     }
-    Ok(s.to_string())
+    Ok(Email(s.to_string()))
 }
 
 #[cfg(test)]
@@ -42,7 +89,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_plus_addresses() {
-        assert_eq!(parse(" Jane@Example.com ").unwrap(), "Jane@Example.com");
+        assert_eq!(parse(" Jane@Example.com ").unwrap().as_str(), "Jane@Example.com");
         assert!(parse("jane+vip@example.co.uk").is_ok());
         assert!(parse("o'brien@example.ie").is_ok());
     }

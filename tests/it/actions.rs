@@ -1,5 +1,5 @@
-//! What each action does to the public tables (DESIGN §4), through the worker's `sync::handle`
-//! against the real database and the simulator.
+//! What each action does to the public tables, through the worker's pipeline (`sync::process`,
+//! a batch of one) against the real database and the simulator.
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use chrono::Utc;
@@ -8,8 +8,7 @@ use shared::command::{Action, Contact, SyncV1};
 use testkit::TestEnv;
 use uuid::Uuid;
 use worker::{
-    events::EventLog,
-    sync::{self, Outcome},
+    sync::{ledger::EventStatus, Outcome},
     Worker,
 };
 
@@ -19,7 +18,7 @@ fn cmd(action: Action, email: &str) -> SyncV1 {
         received_at: Utc::now(),
         action,
         contact: Contact {
-            email: email.into(),
+            email: shared::email::parse(email).unwrap(),
             id: None,
             cio_id: None,
         },
@@ -30,8 +29,7 @@ fn cmd(action: Action, email: &str) -> SyncV1 {
 }
 
 async fn run(w: &Worker, c: &SyncV1) -> Outcome {
-    let mut log = EventLog::new(c.event_id);
-    sync::handle(&w.ctx, c, &mut log).await.expect("no failure")
+    testkit::pipeline::run_one(w, c).await
 }
 
 fn seed_jane(env: &TestEnv) -> String {
@@ -415,6 +413,6 @@ async fn a_redelivered_finished_event_changes_nothing() {
     let c = cmd(Action::Add, "jane@example.com");
     run(&w, &c).await;
     env.simh.reset_log();
-    assert_eq!(run(&w, &c).await, Outcome::AlreadyDone("succeeded".into()));
+    assert_eq!(run(&w, &c).await, Outcome::AlreadyDone(EventStatus::Succeeded));
     assert_eq!(env.simh.app_request_count(), 0);
 }

@@ -47,7 +47,7 @@ async fn dead_letter_errors(env: &TestEnv) -> Vec<String> {
         .await
         .unwrap()
     {
-        out.push(worker::consumer::header_str(&m.delivery.properties, headers::ERROR).unwrap_or_default());
+        out.push(shared::headers::header_str(&m.delivery.properties, headers::ERROR).unwrap_or_default());
     }
     out
 }

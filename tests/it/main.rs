@@ -2,6 +2,7 @@
 
 mod actions;
 mod binaries;
+mod console;
 mod faults;
 mod fuzz;
 mod ingress;
@@ -13,4 +14,5 @@ mod observability;
 mod outbox;
 mod pipeline;
 mod simulator;
+mod snapshot;
 mod throughput;

@@ -779,7 +779,7 @@ async fn a_held_claim_blocks_other_workers_and_a_rolled_back_claim_is_delivered_
         received_at: Utc::now(),
         action: Action::Add,
         contact: Contact {
-            email: "claimed@example.com".into(),
+            email: shared::email::parse("claimed@example.com").unwrap(),
             id: None,
             cio_id: None,
         },
@@ -787,8 +787,7 @@ async fn a_held_claim_blocks_other_workers_and_a_rolled_back_claim_is_delivered_
         role: None,
         tags: None,
     };
-    let mut log = worker::events::EventLog::new(cmd.event_id);
-    worker::sync::handle(&w1.ctx, &cmd, &mut log).await.unwrap();
+    testkit::pipeline::run_one(&w1, &cmd).await;
     let r = the_row(&env, "password_return").await;
     assert_eq!(
         (r.status.as_str(), r.user_id, r.event_id),

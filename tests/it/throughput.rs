@@ -154,7 +154,18 @@ async fn dump(env: &TestEnv) -> String {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    [rows, segs, events]
+    // The activity log too (segment names, field lists), with user ids folded: creation order
+    // may differ between the two runs.
+    let log: Vec<(String,)> = sqlx::query_as(
+        "select concat_ws('|', lower(e.email), e.action,
+                (select string_agg(regexp_replace(l.message, '#[0-9]+', '#N', 'g'), ' / ' order by l.at, l.id)
+                 from event_log l where l.event_id = e.event_id))
+         from webhook_events e order by lower(e.email), e.action",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    [rows, segs, events, log]
         .concat()
         .into_iter()
         .map(|r| r.0)

@@ -152,12 +152,13 @@ impl TestEnv {
             shutdown_grace: Duration::from_secs(5),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             outbox_max_attempts: 8,
+            snapshot_max_members: worker::sync::snapshot::DEFAULT_MAX_MEMBERS,
         }
     }
 
     /// Settings with the password return on (field `password`).
     pub fn with_password_return(mut s: worker::Settings) -> worker::Settings {
-        s.password_return = Some(worker::sync::PasswordReturn {
+        s.password_return = Some(worker::outbox::PasswordReturn {
             field: "password".into(),
             secrets: worker::secretbox::SecretBox::from_base64(SECRETS_KEY).unwrap(),
         });

@@ -3,7 +3,10 @@
 
 pub mod bench;
 pub mod broker;
+pub mod browser;
+pub mod console;
 pub mod env;
+pub mod pipeline;
 pub mod procs;
 pub mod sim;
 pub mod smtp;

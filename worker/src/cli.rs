@@ -1,5 +1,6 @@
 //! The `worker` command line (DESIGN §7): `run` (default), `migrate`, `dlq …`, `events show`,
-//! `outbox …`. Operator commands need only `DATABASE_URL` and the AMQP settings.
+//! `outbox …`, `console`. Operator commands need only `DATABASE_URL` and the AMQP settings (the
+//! console also its tokens).
 
 use std::io::Write;
 
@@ -42,6 +43,13 @@ pub enum Cmd {
         #[command(subcommand)]
         command: OutboxCmd,
     },
+    /// Serve the operator console (web pages and a JSON API) until SIGTERM.
+    ///
+    /// CONSOLE_TOKENS: comma-separated operator tokens, each optionally `label:token`, at least 16
+    /// characters (required). CONSOLE_ADDR: listen address (default 127.0.0.1:8088).
+    /// CONSOLE_SECURE_COOKIE: auto (Secure unless listening on loopback), true or false.
+    /// Also DATABASE_URL, AMQP_URL, AMQP_NAMESPACE and CIO_APP_RATE_LIMIT (for the budget shown).
+    Console,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +119,10 @@ fn amqp() -> AmqpSettings {
 pub async fn operate(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Run => unreachable!("handled by main"),
+        Cmd::Console => {
+            let settings = crate::console::ConsoleSettings::from_env().unwrap_or_else(|e| fail(e));
+            crate::console::run_from_env(settings, shared::shutdown::signal()).await?;
+        }
         Cmd::Migrate => {
             let pool = pool().await;
             shared::MIGRATOR.run(&pool).await?;

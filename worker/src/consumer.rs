@@ -1,12 +1,13 @@
-//! The AMQP side of the worker: consume commands with a prefetch equal to the concurrency,
-//! process each, then settle it: ack after the commit; on a transient failure re-publish to a
-//! delayed-retry tier (confirmed) and then ack; on a permanent failure or the last attempt publish
-//! to `{ns}.dead` with the reason in headers (confirmed) and then ack. Reconnects by itself, and
-//! on shutdown stops consuming and finishes (or returns) what it holds.
+//! The AMQP side of the worker, and nothing else: consume commands, group the deliveries that
+//! arrive together into a batch, decode them, hand the batch to the pipeline (`sync::process`),
+//! and settle each delivery as the pipeline says: ack (its outcome is committed); re-publish to a
+//! delayed-retry tier (confirmed), then ack; or publish to `{ns}.dead` with the reason in headers
+//! (confirmed), then ack. A message that is not a command is dead-lettered with the reason.
+//! Reconnects by itself, and on shutdown stops consuming and finishes (or returns) what it holds.
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -15,27 +16,26 @@ use lapin::{
     BasicProperties, Connection, ConnectionProperties,
 };
 use shared::{
-    command::SyncV1,
+    command::{Action, Command},
     config::AmqpSettings,
-    headers,
+    headers::{self, event_id_of, header_int, header_str},
     publisher::Publisher,
-    topology::{self, Names, RETRY_TIERS},
+    topology::{self, Names},
 };
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    events::{self, EventLog},
-    sync::{Failure, Outcome, SyncCtx},
-};
+use uuid::Uuid;
+
+use crate::sync::{self, Incoming, Outcome, Settlement, SyncCtx};
 
 pub struct Consumer {
     pub ctx: Arc<SyncCtx>,
     pub amqp: AmqpSettings,
     pub publisher: Publisher,
+    /// Batches processed at once by this worker.
     pub concurrency: usize,
-    pub max_attempts: u32,
     pub shutdown_grace: Duration,
     /// Most commands taken together when they queue up (batched Customer.io reads).
     pub batch_size: usize,
@@ -50,58 +50,6 @@ pub struct Consumer {
 /// budget on small batches: at 500 ms a 10,000-webhook burst took 216–315 calls, at 2 s 173–212
 /// (`deploy/local/bench.sh`). A lone command on an idle worker still goes after `batch_wait`.
 pub const BUSY_BATCH_WAIT: Duration = Duration::from_secs(2);
-
-/// Reads an integer header.
-pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
-    let h = props.headers().as_ref()?;
-    match h.inner().get(name)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
-        _ => None,
-    }
-}
-
-/// The ingress's event id of a message: its message id, else the `x-cio-event-id` header (both
-/// are set by the ingress, so even an undecodable message can be traced back).
-pub fn event_id_of(props: &BasicProperties) -> Option<String> {
-    props
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_string())
-        .or_else(|| header_str(props, headers::EVENT_ID))
-}
-
-/// Reads a string header.
-pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
-    let h = props.headers().as_ref()?;
-    match h.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
-/// The delay before attempt `attempt + 1`: the tiers in order, then the longest.
-pub fn retry_delay(attempt: u32) -> Duration {
-    RETRY_TIERS[(attempt.saturating_sub(1) as usize).min(RETRY_TIERS.len() - 1)].1
-}
-
-/// "0.8s", "13s", "8m", "1h 18m": a delay for the event log.
-fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 10.0 {
-        format!("{:.1}s", s).replace(".0s", "s")
-    } else if s < 120.0 {
-        format!("{}s", s.round())
-    } else if s < 3600.0 {
-        format!("{}m", (s / 60.0).round())
-    } else {
-        format!("{}h {}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).round())
-    }
-}
 
 /// Copies `props` with the failure headers set.
 pub fn failure_properties(props: &BasicProperties, attempts: u32, error: &str) -> BasicProperties {
@@ -231,80 +179,93 @@ impl Consumer {
         }
         let me = self.clone();
         let permits = permits.clone();
-        tasks.spawn(async move { crate::batch::process(me, batch, permits).await });
+        tasks.spawn(async move {
+            let _slot = permits.acquire_owned().await.expect("the semaphore is never closed");
+            me.process(batch).await
+        });
     }
 
-    /// Attempts made before this delivery (from its header).
-    pub fn attempts_before(delivery: &Delivery) -> u32 {
-        header_int(&delivery.properties, headers::ATTEMPTS).unwrap_or(0).max(0) as u32
-    }
-
-    /// Settles a processed delivery: ack on an outcome; on a transient failure, re-publish to a
-    /// retry tier (confirmed) then ack; else dead-letter with the reason.
-    pub async fn settle(
-        &self,
-        delivery: &Delivery,
-        cmd: &SyncV1,
-        log: &mut EventLog,
-        result: Result<Outcome, Failure>,
-    ) {
-        let span = tracing::info_span!("command", event_id = %cmd.event_id, action = %cmd.action);
-        async {
-            let attempt = Self::attempts_before(delivery) + 1;
-            match result {
-                Ok(outcome) => {
-                    let label = if matches!(outcome, Outcome::Satisfied { .. }) { "coalesced".to_string() } else { outcome.status().to_string() };
-                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => label).increment(1);
-                    let lag = (Utc::now() - cmd.received_at).to_std().unwrap_or_default();
-                    metrics::histogram!("cio_worker_lag_seconds", "action" => cmd.action.as_str()).record(lag.as_secs_f64());
-                    ack(delivery).await;
+    /// Decodes a batch, runs it through the pipeline and settles every delivery.
+    async fn process(&self, batch: Vec<Delivery>) {
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let attempt = attempts_before(&delivery) + 1;
+            match Command::decode(&delivery.data) {
+                Ok(Command::SyncV1(cmd)) => {
+                    commands.push(Incoming {
+                        cmd,
+                        attempt,
+                        key_label: header_str(&delivery.properties, headers::KEY_LABEL),
+                    });
+                    deliveries.push(delivery);
                 }
-                Err(Failure::Transient { reason, retry_after }) if attempt < self.max_attempts => {
-                    // A 429's Retry-After is a floor; the tiers still grow so that a long storm backs off.
-                    let wanted = retry_after.unwrap_or_default().max(retry_delay(attempt));
-                    let slot = topology::retry_slot(wanted, rand::random::<u8>() as usize);
-                    log.warning(format!(
-                        "{reason}; retrying in about {} (attempt {attempt} of {})",
-                        human(slot.delay),
-                        self.max_attempts
-                    ));
-                    if let Err(e) = events::fail(&self.ctx.pool, log, Some(cmd), "retrying", &reason).await {
-                        tracing::warn!("could not record the failure in the database: {e}");
-                    }
-                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "retrying").increment(1);
-                    let props = failure_properties(&delivery.properties, attempt, &reason);
-                    let names = self.publisher.names();
-                    match self.publisher.publish(&names.retry_exchange(), &slot.routing_key, &delivery.data, props).await {
-                        Ok(()) => ack(delivery).await,
-                        Err(e) => {
-                            tracing::error!("could not schedule the retry ({e}); returning the command to the queue");
-                            requeue(delivery).await;
-                        }
-                    }
-                }
-                Err(failure) => {
-                    let reason = match &failure {
-                        Failure::Transient { reason, .. } => format!("gave up after {attempt} attempts: {reason}"),
-                        Failure::Permanent { reason } => reason.clone(),
-                    };
-                    log.error(format!(
-                        "{reason}. The command is parked in the dead-letter queue; fix the cause, then `worker dlq replay {}`",
-                        cmd.event_id
-                    ));
-                    if let Err(e) = events::fail(&self.ctx.pool, log, Some(cmd), "dead", &reason).await {
-                        tracing::warn!("could not record the failure in the database: {e}");
-                    }
-                    metrics::counter!("cio_worker_commands_total", "action" => cmd.action.as_str(), "outcome" => "dead").increment(1);
-                    self.dead_letter(delivery, attempt, &reason).await;
+                Err(reason) => {
+                    let event_id = event_id_of(&delivery.properties).unwrap_or_default();
+                    tracing::error!(%event_id, %reason, "dead-lettering a message that is not a command");
+                    self.dead_letter(&delivery, attempt, &reason).await;
                 }
             }
         }
-        .instrument(span)
-        .await
+        if commands.is_empty() {
+            return;
+        }
+        let labels: Vec<(Uuid, Action, DateTime<Utc>)> = commands
+            .iter()
+            .map(|c| (c.cmd.event_id, c.cmd.action, c.cmd.received_at))
+            .collect();
+        let settlements = sync::process(&self.ctx, commands).await;
+        for ((delivery, settlement), (event_id, action, received_at)) in deliveries.iter().zip(settlements).zip(labels)
+        {
+            let span = tracing::info_span!("command", %event_id, %action);
+            self.settle(delivery, action, received_at, settlement)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    /// Settles a processed delivery as the pipeline said (its outcome is already recorded).
+    async fn settle(&self, delivery: &Delivery, action: Action, received_at: DateTime<Utc>, settlement: Settlement) {
+        let attempt = attempts_before(delivery) + 1;
+        match settlement {
+            Settlement::Done(outcome) => {
+                let label = match outcome {
+                    Outcome::Satisfied { .. } => "coalesced",
+                    o => o.status().as_str(),
+                };
+                metrics::counter!("cio_worker_commands_total", "action" => action.as_str(), "outcome" => label)
+                    .increment(1);
+                let lag = (Utc::now() - received_at).to_std().unwrap_or_default();
+                metrics::histogram!("cio_worker_lag_seconds", "action" => action.as_str()).record(lag.as_secs_f64());
+                ack(delivery).await;
+            }
+            Settlement::Retry { reason, slot } => {
+                metrics::counter!("cio_worker_commands_total", "action" => action.as_str(), "outcome" => "retrying")
+                    .increment(1);
+                let props = failure_properties(&delivery.properties, attempt, &reason);
+                let names = self.publisher.names();
+                match self
+                    .publisher
+                    .publish(&names.retry_exchange(), &slot.routing_key, &delivery.data, props)
+                    .await
+                {
+                    Ok(()) => ack(delivery).await,
+                    Err(e) => {
+                        tracing::error!("could not schedule the retry ({e}); returning the command to the queue");
+                        requeue(delivery).await;
+                    }
+                }
+            }
+            Settlement::Dead { reason } => {
+                metrics::counter!("cio_worker_commands_total", "action" => action.as_str(), "outcome" => "dead")
+                    .increment(1);
+                self.dead_letter(delivery, attempt, &reason).await;
+            }
+        }
     }
 
     /// Parks a delivery in `{ns}.dead` with the reason (used for undecodable messages too).
-    pub async fn dead_letter(&self, delivery: &Delivery, attempts: u32, reason: &str) {
+    async fn dead_letter(&self, delivery: &Delivery, attempts: u32, reason: &str) {
         let props = failure_properties(&delivery.properties, attempts, reason);
         let exchange = self.publisher.names().dead_exchange();
         match self.publisher.publish(&exchange, "", &delivery.data, props).await {
@@ -315,6 +276,11 @@ impl Consumer {
             }
         }
     }
+}
+
+/// Attempts made before this delivery (from its header).
+fn attempts_before(delivery: &Delivery) -> u32 {
+    header_int(&delivery.properties, headers::ATTEMPTS).unwrap_or(0).max(0) as u32
 }
 
 async fn ack(d: &Delivery) {
@@ -336,21 +302,6 @@ async fn requeue(d: &Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delays_read_well_in_the_log() {
-        assert_eq!(human(Duration::from_millis(800)), "0.8s");
-        assert_eq!(human(Duration::from_secs(1)), "1s");
-        assert_eq!(human(Duration::from_secs(13)), "13s");
-        assert_eq!(human(Duration::from_secs(480)), "8m");
-        assert_eq!(human(Duration::from_secs(4680)), "1h 18m");
-    }
-
-    #[test]
-    fn retry_delays_grow_through_the_tiers() {
-        let secs: Vec<u64> = (1..=7).map(|a| retry_delay(a).as_secs()).collect();
-        assert_eq!(secs, vec![1, 10, 60, 600, 3600, 3600, 3600]);
-    }
 
     #[test]
     fn failure_headers_keep_the_first_failure_time() {

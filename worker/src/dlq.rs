@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::{
-    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties,
 };
@@ -22,7 +22,7 @@ use shared::{
     topology::{self, Names, COMMAND_KEY},
 };
 
-use crate::consumer::{header_int, header_str};
+use shared::headers::{event_id_of, header_int, header_str};
 
 /// What an operator needs to know about one dead letter.
 #[derive(Debug, Clone)]
@@ -43,9 +43,13 @@ impl DeadLetter {
     fn from_parts(delivery_tag: u64, properties: BasicProperties, body: Vec<u8>) -> Self {
         let decoded = Command::decode(&body).ok();
         let (event_id, action, contact) = match &decoded {
-            Some(Command::SyncV1(c)) => (c.event_id.to_string(), c.action.to_string(), c.contact.email.clone()),
+            Some(Command::SyncV1(c)) => (
+                c.event_id.to_string(),
+                c.action.to_string(),
+                c.contact.email.to_string(),
+            ),
             None => (
-                crate::consumer::event_id_of(&properties).unwrap_or_else(|| "?".into()),
+                event_id_of(&properties).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::ACTION).unwrap_or_else(|| "?".into()),
                 header_str(&properties, headers::CONTACT).unwrap_or_else(|| "?".into()),
             ),
@@ -147,31 +151,7 @@ impl Dlq {
 
     /// Re-publishes one dead letter to the commands exchange (attempts reset), then acks it.
     pub async fn replay(&self, dl: &DeadLetter) -> anyhow::Result<()> {
-        let mut h: FieldTable = dl.properties.headers().clone().unwrap_or_default();
-        let mut cleaned = FieldTable::default();
-        for (k, v) in h.inner() {
-            if ![
-                headers::ATTEMPTS,
-                "x-death",
-                "x-first-death-reason",
-                "x-first-death-queue",
-                "x-first-death-exchange",
-                "x-last-death-reason",
-                "x-last-death-queue",
-                "x-last-death-exchange",
-                "x-delivery-count",
-            ]
-            .contains(&k.as_str())
-            {
-                cleaned.insert(k.clone(), v.clone());
-            }
-        }
-        cleaned.insert(
-            ShortString::from("x-cio-replayed-at"),
-            AMQPValue::LongString(Utc::now().to_rfc3339().into()),
-        );
-        h = cleaned;
-        let props = dl.properties.clone().with_headers(h);
+        let props = replay_properties(dl);
         self.publisher
             .publish(&self.names.commands_exchange(), COMMAND_KEY, &dl.body, props)
             .await?;
@@ -193,6 +173,217 @@ impl Dlq {
         let _ = self.channel.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// The properties a replayed dead letter is published with: its own, without the attempt count
+/// and the broker's dead-lettering headers, stamped with the time of the replay.
+pub fn replay_properties(dl: &DeadLetter) -> BasicProperties {
+    let h: FieldTable = dl.properties.headers().clone().unwrap_or_default();
+    let mut cleaned = FieldTable::default();
+    for (k, v) in h.inner() {
+        if ![
+            headers::ATTEMPTS,
+            "x-death",
+            "x-first-death-reason",
+            "x-first-death-queue",
+            "x-first-death-exchange",
+            "x-last-death-reason",
+            "x-last-death-queue",
+            "x-last-death-exchange",
+            "x-delivery-count",
+        ]
+        .contains(&k.as_str())
+        {
+            cleaned.insert(k.clone(), v.clone());
+        }
+    }
+    cleaned.insert(
+        ShortString::from("x-cio-replayed-at"),
+        AMQPValue::LongString(Utc::now().to_rfc3339().into()),
+    );
+    dl.properties.clone().with_headers(cleaned)
+}
+
+/// A window of the dead-letter queue, read without removing anything.
+#[derive(Debug)]
+pub struct Window {
+    /// Dead letters in the queue (all of them were walked).
+    pub total: usize,
+    /// The queue position (0 = head) of the first item.
+    pub offset: usize,
+    pub items: Vec<DeadLetter>,
+    /// Whether more dead letters follow the window.
+    pub more: bool,
+}
+
+/// How the walks below keep the queue whole and in order.
+///
+/// A walk takes every message of the queue with unacknowledged `basic.get`s on a channel of its
+/// own, keeping at most the bodies it needs (a page, or the one in hand) and only the delivery
+/// tags of the rest, and then gives back what it did not remove with `basic.nack` (requeue; not
+/// counted as a failed delivery by RabbitMQ 4), one at a time in the order taken. A quorum queue
+/// serves requeued messages first, in the order they were requeued, so a walk must take the
+/// *whole* queue: giving back part of it would put that part behind messages requeued earlier.
+/// Should the process die midway, the broker requeues whatever the channel held: nothing is
+/// lost. A message held by one walk is invisible to another, so callers serialise their walks.
+struct Walk {
+    channel: Channel,
+    queue: String,
+    held: Vec<u64>,
+}
+
+impl Walk {
+    async fn start(conn: &Connection, names: &Names) -> anyhow::Result<Self> {
+        Ok(Self {
+            channel: conn.create_channel().await?,
+            queue: names.dead_queue(),
+            held: Vec::new(),
+        })
+    }
+
+    /// The next message, unacknowledged; `None` once the whole queue is in hand.
+    async fn next(&self) -> anyhow::Result<Option<DeadLetter>> {
+        let got = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?;
+        Ok(got.map(|m| {
+            let d = m.delivery;
+            DeadLetter::from_parts(d.delivery_tag, d.properties, d.data)
+        }))
+    }
+
+    /// Leaves a message in the queue (given back at the end).
+    fn keep(&mut self, dl: &DeadLetter) {
+        self.held.push(dl.delivery_tag);
+    }
+
+    /// Gives back everything kept, in order, and closes the channel. After a failure the rest of
+    /// the queue stays where it is, behind what is given back.
+    async fn finish(self) {
+        give_back(&self.channel, &self.held).await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// Reads the dead letters at queue positions `offset .. offset + limit` without removing any
+/// (see [`Walk`]); only the window's messages are kept in memory.
+pub async fn peek(conn: &Connection, names: &Names, offset: usize, limit: usize) -> anyhow::Result<Window> {
+    let mut walk = Walk::start(conn, names).await?;
+    let mut items = Vec::new();
+    let mut total = 0;
+    let result = async {
+        while let Some(dl) = walk.next().await? {
+            walk.keep(&dl);
+            if (offset..offset + limit).contains(&total) {
+                items.push(dl);
+            }
+            total += 1;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    walk.finish().await;
+    result?;
+    Ok(Window {
+        total,
+        offset,
+        more: total > offset + limit,
+        items,
+    })
+}
+
+/// What a selective replay or purge did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// Event ids of the dead letters acted on, in queue order.
+    pub done: Vec<String>,
+    /// Asked-for ids that are not in the queue (already replayed or purged, or never there).
+    pub not_found: Vec<String>,
+}
+
+/// Acts on exactly the dead letters whose event ids are in `ids` (compared case-insensitively;
+/// every copy of a duplicated id) and removes them; every other message is given back in its place
+/// (see [`Walk`]).
+///
+/// A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a purge
+/// does nothing more) and acked only once `act` succeeded; `progress` is called after each. When
+/// `act` fails, the message it failed on is given back too and the error returned: nothing is
+/// lost, and running the same selection again continues the work.
+pub async fn take_selected<F, Fut>(
+    conn: &Connection,
+    names: &Names,
+    ids: &[String],
+    mut act: F,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Selected>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut wanted: Vec<String> = Vec::new();
+    for id in ids {
+        if !wanted.iter().any(|w| w.eq_ignore_ascii_case(id)) {
+            wanted.push(id.clone());
+        }
+    }
+    let mut walk = Walk::start(conn, names).await?;
+    let mut done: Vec<String> = Vec::new();
+    let result = async {
+        while let Some(dl) = walk.next().await? {
+            if !wanted.iter().any(|w| w.eq_ignore_ascii_case(&dl.event_id)) {
+                walk.keep(&dl);
+                continue;
+            }
+            let (id, tag) = (dl.event_id.clone(), dl.delivery_tag);
+            if let Err(e) = act(dl).await {
+                walk.held.push(tag);
+                return Err(e);
+            }
+            walk.channel.basic_ack(tag, BasicAckOptions::default()).await?;
+            progress(&id);
+            done.push(id);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    walk.finish().await;
+    result?;
+    let not_found = wanted
+        .into_iter()
+        .filter(|w| !done.iter().any(|d| d.eq_ignore_ascii_case(w)))
+        .collect();
+    Ok(Selected { done, not_found })
+}
+
+/// Requeues held messages one by one, in the order they were fetched (see [`peek`]).
+async fn give_back(channel: &Channel, tags: &[u64]) {
+    for tag in tags {
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        if channel.basic_nack(*tag, requeue).await.is_err() {
+            // The channel is gone: the broker has requeued everything it held.
+            return;
+        }
+    }
+}
+
+/// Messages ready in a queue (a passive declare; the queue must exist).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    Ok(queue_info(channel, queue).await?.message_count())
+}
+
+/// A passive declare of an existing queue: its ready messages and consumers.
+pub async fn queue_info(channel: &Channel, queue: &str) -> anyhow::Result<lapin::Queue> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?)
 }
 
 /// Which dead letters a bulk replay takes.

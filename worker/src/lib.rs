@@ -3,9 +3,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod batch;
 pub mod cio;
 pub mod cli;
+pub mod console;
 pub mod consumer;
 pub mod dlq;
 pub mod events;
@@ -107,7 +107,10 @@ impl Worker {
             password_return: settings.password_return.clone(),
             mail_enabled: mailer.is_some(),
             outbox_wakeup: wakeup.clone(),
-            snapshots: Default::default(),
+            snapshots: sync::snapshot::Snapshots::new(settings.snapshot_max_members),
+            hasher: Default::default(),
+            parallel: settings.concurrency,
+            max_attempts: settings.max_attempts,
         });
         let publisher = Publisher::new(&settings.amqp, "cio-sync worker (retries)");
         let consumer = Arc::new(Consumer {
@@ -115,7 +118,6 @@ impl Worker {
             amqp: settings.amqp.clone(),
             publisher: publisher.clone(),
             concurrency: settings.concurrency,
-            max_attempts: settings.max_attempts,
             shutdown_grace: settings.shutdown_grace,
             batch_size: settings.batch_size,
             batch_wait: settings.batch_wait,

@@ -27,7 +27,39 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{cio::CioClient, mail::Mailer, sync::PasswordReturn};
+use crate::{cio::CioClient, events::Level, mail::Mailer, secretbox::SecretBox};
+
+/// What an outbox row delivers; stored as its snake_case name in `outbox.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// The generated password, to a Customer.io attribute (Track API).
+    PasswordReturn,
+    /// The welcome e-mail with the username and a login link (SMTP).
+    WelcomeEmail,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::PasswordReturn => "password_return",
+            OutboxKind::WelcomeEmail => "welcome_email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OutboxKind> {
+        [OutboxKind::PasswordReturn, OutboxKind::WelcomeEmail]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Password return settings (`RETURN_PASSWORD_FIELD` and `SECRETS_KEY`): the Customer.io
+/// attribute that receives generated passwords, and the key sealing them until delivered.
+#[derive(Clone)]
+pub struct PasswordReturn {
+    pub field: String,
+    pub secrets: SecretBox,
+}
 
 pub struct Outbox {
     pub pool: PgPool,
@@ -126,10 +158,10 @@ impl Outbox {
             tx.rollback().await?;
             return Ok(false);
         };
-        let result = match row.kind.as_str() {
-            "password_return" => self.return_password(&row).await,
-            "welcome_email" => self.send_welcome(&mut tx, &row).await?,
-            other => Delivery::Dead(format!("unknown outbox kind {other}")),
+        let result = match OutboxKind::parse(&row.kind) {
+            Some(OutboxKind::PasswordReturn) => self.return_password(&row).await,
+            Some(OutboxKind::WelcomeEmail) => self.send_welcome(&mut tx, &row).await?,
+            None => Delivery::Dead(format!("unknown outbox kind {}", row.kind)),
         };
         let counted = self.record(&mut tx, &row, result).await?;
         tx.commit().await?;
@@ -195,7 +227,7 @@ impl Outbox {
         result: Delivery,
     ) -> Result<&'static str, sqlx::Error> {
         let attempts = row.attempts + 1;
-        let what = if row.kind == "password_return" {
+        let what = if row.kind == OutboxKind::PasswordReturn.as_str() {
             "the generated password to Customer.io"
         } else {
             "the welcome e-mail"
@@ -210,12 +242,12 @@ impl Outbox {
                 .bind(attempts)
                 .execute(&mut **tx)
                 .await?;
-                let m = if row.kind == "password_return" {
+                let m = if row.kind == OutboxKind::PasswordReturn.as_str() {
                     "Returned generated password to Customer.io".to_string()
                 } else {
                     format!("Sent the welcome e-mail to {}", row.recipient)
                 };
-                ("info", m)
+                (Level::Info, m)
             }
             Delivery::Retry { after, error } if attempts < self.max_attempts => {
                 sqlx::query(
@@ -229,7 +261,7 @@ impl Outbox {
                 .execute(&mut **tx)
                 .await?;
                 (
-                    "warning",
+                    Level::Warning,
                     format!(
                         "Could not send {what} (attempt {attempts} of {}): {error}; retrying in {:.1}s",
                         self.max_attempts,
@@ -253,7 +285,7 @@ impl Outbox {
                     format!("Gave up sending {what} after {attempts} attempts: {error}")
                 };
                 (
-                    "error",
+                    Level::Error,
                     format!(
                         "{why}; outbox row #{} is dead. Fix the cause, then run `worker outbox replay {}`",
                         row.id, row.id
@@ -262,13 +294,13 @@ impl Outbox {
             }
         };
         match level {
-            "info" => tracing::info!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
-            "warning" => tracing::warn!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
-            _ => tracing::error!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            Level::Info | Level::Notice => tracing::info!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            Level::Warning => tracing::warn!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            Level::Error => tracing::error!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
         }
         sqlx::query("insert into event_log (event_id, at, level, message) values ($1, clock_timestamp(), $2, $3)")
             .bind(row.event_id)
-            .bind(level)
+            .bind(level.as_str())
             .bind(&message)
             .execute(&mut **tx)
             .await?;

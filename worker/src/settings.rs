@@ -10,8 +10,8 @@ use crate::{
     cio::CioSettings,
     fieldmap::FieldMap,
     mail::{MailSettings, Templates},
+    outbox::PasswordReturn,
     secretbox::SecretBox,
-    sync::PasswordReturn,
 };
 
 #[derive(Clone)]
@@ -40,6 +40,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Attempts of one outbox row (password return, welcome e-mail) before it is `dead`.
     pub outbox_max_attempts: i32,
+    /// Segment memberships above which no membership snapshot is taken (contacts are read one by one).
+    pub snapshot_max_members: usize,
 }
 
 fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -147,6 +149,7 @@ impl Settings {
             shutdown_grace: config::seconds_or("SHUTDOWN_GRACE_SECS", Duration::from_secs(30))?,
             http_addr,
             outbox_max_attempts: config::parse_or("OUTBOX_MAX_ATTEMPTS", 8)?,
+            snapshot_max_members: config::parse_or("SNAPSHOT_MAX_MEMBERS", crate::sync::snapshot::DEFAULT_MAX_MEMBERS)?,
         })
     }
 }

@@ -135,7 +135,7 @@ pub fn command(action: Action, email: String) -> Vec<u8> {
         received_at: chrono::Utc::now(),
         action,
         contact: Contact {
-            email,
+            email: shared::email::parse(&email).expect("a valid address"),
             id: None,
             cio_id: None,
         },

@@ -15,12 +15,21 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Peak resident set size of a process (VmHWM), in MB (10^6 bytes, as the targets are stated).
-pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+/// Peak resident set size of a process over its life (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0 / 1e6)
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Peak RSS in MB (10^6 bytes), the unit of the ingress target.
+pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+    peak_rss_kib(pid).map(|k| k * 1024.0 / 1e6)
+}
+
+/// Peak RSS in MiB (2^20 bytes), the unit of the worker target.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    peak_rss_kib(pid).map(|k| k / 1024.0)
 }
 
 /// CPU time (user + system) a process has used so far, from /proc (clock ticks of 1/100 s,

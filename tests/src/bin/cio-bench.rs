@@ -4,7 +4,9 @@
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(about = "cio-sync benchmark: ingress vs broker ceiling, worker syncs/s, burst drain at 10 req/s, peak RSS")]
+#[command(
+    about = "cio-sync benchmark: ingress vs broker ceiling, worker syncs/s, burst drain at 10 req/s, add burst, large membership snapshot, peak RSS per step"
+)]
 struct Args {
     /// Webhooks sent in the ingress run.
     #[arg(long, default_value_t = 20_000)]
@@ -18,12 +20,25 @@ struct Args {
     /// Segments the contacts are spread over.
     #[arg(long, default_value_t = 20)]
     segments: i64,
+    /// `add` commands for new contacts in the add burst (password return on).
+    #[arg(long, default_value_t = 2_000)]
+    adds: usize,
+    /// Segment memberships in the workspace of the snapshot step (two per person).
+    #[arg(long, default_value_t = 500_000)]
+    snapshot_members: usize,
+    /// `update` commands in the backlog that makes the snapshot step take a snapshot.
+    #[arg(long, default_value_t = 2_000)]
+    snapshot_updates: usize,
     #[arg(long)]
     skip_ingress: bool,
     #[arg(long)]
     skip_unthrottled: bool,
     #[arg(long)]
     skip_throttled: bool,
+    #[arg(long)]
+    skip_add_burst: bool,
+    #[arg(long)]
+    skip_snapshot: bool,
 }
 
 fn main() {
@@ -37,9 +52,14 @@ fn main() {
         connections: a.connections,
         contacts: a.contacts,
         segments: a.segments,
+        adds: a.adds,
+        snapshot_members: a.snapshot_members,
+        snapshot_updates: a.snapshot_updates,
         skip_ingress: a.skip_ingress,
         skip_unthrottled: a.skip_unthrottled,
         skip_throttled: a.skip_throttled,
+        skip_add_burst: a.skip_add_burst,
+        skip_snapshot: a.skip_snapshot,
     }));
     std::process::exit(if report.all_met() { 0 } else { 1 });
 }

@@ -70,14 +70,15 @@ fn page_params(query: Option<&str>, default: usize, max: usize) -> Result<(usize
     Ok((start, limit))
 }
 
-/// `{"identifiers":[…],"ids":[…],"next":"…"}`; `next` omitted on the last page.
-fn page_json(people: &[&Person], start: usize, limit: usize, extra: Option<(&str, Value)>) -> Value {
-    let page: Vec<&&Person> = people.iter().skip(start).take(limit).collect();
+/// `{"identifiers":[…],"ids":[…],"next":"…"}` for `page`, which starts at `start` of `total`;
+/// `next` omitted on the last page.
+fn page_json(page: &[&Person], start: usize, total: usize, extra: Option<(&str, Value)>) -> Value {
+    let limit = page.len();
     let mut out = json!({
         "identifiers": page.iter().map(|p| p.identifiers_json()).collect::<Vec<_>>(),
         "ids": page.iter().filter_map(|p| p.id.clone()).collect::<Vec<_>>(),
     });
-    if start + limit < people.len() {
+    if start + limit < total {
         out["next"] = json!(B64.encode((start + limit).to_string()));
     }
     if let Some((k, v)) = extra {
@@ -158,14 +159,21 @@ fn segment_route(store: &Store, query: Option<&str>, sid: &str, what: Option<&st
     let seg = segment_id(sid)
         .and_then(|id| store.segments.get(&id))
         .ok_or_else(not_found_segment)?;
-    let members: Vec<&Person> = seg.members.iter().filter_map(|c| store.person_by_cio(c)).collect();
+    // Removing a person removes their memberships, so every member is a person.
+    let members = seg.members();
     match what {
         None => Ok(Reply::ok(json!({"segment": seg.full_json()}))),
         Some("customer_count") => Ok(Reply::ok(json!({"count": members.len(), "segment_id": seg.id}))),
         Some("membership") => {
             let (start, limit) = page_params(query, 1000, 30000)?;
+            let page: Vec<&Person> = members
+                .iter()
+                .skip(start)
+                .take(limit)
+                .filter_map(|c| store.person_by_cio(c))
+                .collect();
             let extra = Some(("segment_id", json!(seg.id)));
-            Ok(Reply::ok(page_json(&members, start, limit, extra)))
+            Ok(Reply::ok(page_json(&page, start, members.len(), extra)))
         }
         Some(_) => Err(app_error(404, "Not found")),
     }
@@ -183,7 +191,8 @@ fn search(store: &Store, query: Option<&str>, body: Option<&Value>) -> Result<Re
             hits.push(p);
         }
     }
-    Ok(Reply::ok(page_json(&hits, start, limit, None)))
+    let page: Vec<&Person> = hits.iter().skip(start).take(limit).copied().collect();
+    Ok(Reply::ok(page_json(&page, start, hits.len(), None)))
 }
 
 fn eval(store: &Store, p: &Person, f: &Value) -> Result<bool, String> {
@@ -196,7 +205,7 @@ fn eval(store: &Store, p: &Person, f: &Value) -> Result<bool, String> {
         "not" => Ok(!eval(store, p, v)?),
         "segment" => {
             let id = v.get("id").and_then(Value::as_i64).ok_or("segment.id required")?;
-            Ok(store.segments.get(&id).is_some_and(|s| s.members.contains(&p.cio_id)))
+            Ok(store.segments.get(&id).is_some_and(|s| s.has(&p.cio_id)))
         }
         "attribute" => {
             let field = v.get("field").and_then(Value::as_str).ok_or("field required")?;

@@ -128,7 +128,7 @@ fn segments(h: &SimHandle) -> Value {
         .values()
         .map(|s| {
             let mut v = s.full_json();
-            v["member_count"] = json!(s.members.len());
+            v["member_count"] = json!(s.members().len());
             v
         })
         .collect();

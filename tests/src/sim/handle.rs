@@ -44,10 +44,10 @@ impl SimHandle {
         let idx = match existing {
             Some(i) => {
                 if let Some(e) = email {
-                    store.people[i].email = Some(e.to_string());
+                    store.set_email(i, Some(e.to_string()));
                 }
                 if let Some(id) = id {
-                    store.people[i].id = Some(id.to_string());
+                    store.set_id(i, Some(id.to_string()));
                 }
                 i
             }
@@ -101,15 +101,7 @@ impl SimHandle {
     pub fn add_segment(&self, id: i64, name: &str, kind: &str) {
         let mut store = lock(&self.inner.store);
         let ts = now();
-        let seg = store.segments.entry(id).or_insert_with(|| Segment {
-            id,
-            name: String::new(),
-            description: String::new(),
-            kind: String::new(),
-            created_at: ts,
-            updated_at: ts,
-            members: Vec::new(),
-        });
+        let seg = store.segments.entry(id).or_insert_with(|| Segment::new(id, ts));
         seg.name = name.to_string();
         seg.description = format!("{name} ({kind} segment)");
         seg.kind = kind.to_string();
@@ -126,8 +118,7 @@ impl SimHandle {
             .segments
             .get_mut(&segment_id)
             .ok_or_else(|| format!("no segment {segment_id}"))?;
-        if !seg.members.contains(&cio) {
-            seg.members.push(cio);
+        if seg.add(&cio) {
             seg.updated_at = now();
         }
         Ok(())
@@ -148,7 +139,7 @@ impl SimHandle {
         };
         let cio = store.people[idx].cio_id.clone();
         if let Some(seg) = store.segments.get_mut(&segment_id) {
-            seg.members.retain(|m| *m != cio);
+            seg.remove(&cio);
             seg.updated_at = now();
         }
     }
@@ -159,7 +150,7 @@ impl SimHandle {
         let Some(seg) = store.segments.get(&segment_id) else {
             return Vec::new();
         };
-        seg.members
+        seg.members()
             .iter()
             .filter_map(|c| store.person_by_cio(c))
             .filter_map(|p| p.email.clone().or_else(|| p.id.clone()))

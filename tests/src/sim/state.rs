@@ -1,6 +1,8 @@
 //! In-memory workspace: people, segments, identifier lookup and the JSON shapes they render to.
+//! Lookups by identifier and membership tests are indexed, so that workspaces of hundreds of
+//! thousands of people seed and page quickly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
@@ -25,7 +27,8 @@ pub(crate) struct Segment {
     pub kind: String,
     pub created_at: i64,
     pub updated_at: i64,
-    pub members: Vec<String>,
+    members: Vec<String>,
+    member_set: HashSet<String>,
 }
 
 /// How a per-person App API call identifies the person (`id_type`).
@@ -57,11 +60,17 @@ impl Ident {
     }
 }
 
+/// People in creation order, with indexes by cio_id, e-mail (ASCII case-folded) and id that point
+/// at the first person holding each. Identifiers change only through [`Store::set_email`] and
+/// [`Store::set_id`], which keep the indexes right.
 #[derive(Default)]
 pub(crate) struct Store {
     pub people: Vec<Person>,
     pub segments: BTreeMap<i64, Segment>,
     next_cio: u64,
+    by_cio: HashMap<String, usize>,
+    by_email: HashMap<String, usize>,
+    by_id: HashMap<String, usize>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -98,16 +107,50 @@ impl Store {
 
     pub fn find(&self, ty: IdType, value: &str) -> Option<usize> {
         match ty {
-            IdType::Id => self.people.iter().position(|p| p.id.as_deref() == Some(value)),
+            IdType::Id => self.by_id.get(value).copied(),
             IdType::Email => self.find_email(value),
-            IdType::CioId => self.people.iter().position(|p| p.cio_id == value),
+            IdType::CioId => self.by_cio.get(value).copied(),
         }
     }
 
     pub fn find_email(&self, email: &str) -> Option<usize> {
-        self.people
-            .iter()
-            .position(|p| p.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+        self.by_email.get(&email.to_ascii_lowercase()).copied()
+    }
+
+    /// Rebuilds the identifier indexes (after a removal or an identifier change).
+    fn reindex(&mut self) {
+        self.by_cio.clear();
+        self.by_email.clear();
+        self.by_id.clear();
+        for i in 0..self.people.len() {
+            self.index(i);
+        }
+    }
+
+    /// Adds person `i` to the indexes where no earlier person holds the same identifier.
+    fn index(&mut self, i: usize) {
+        let p = &self.people[i];
+        self.by_cio.entry(p.cio_id.clone()).or_insert(i);
+        if let Some(e) = &p.email {
+            self.by_email.entry(e.to_ascii_lowercase()).or_insert(i);
+        }
+        if let Some(id) = &p.id {
+            self.by_id.entry(id.clone()).or_insert(i);
+        }
+    }
+
+    pub fn set_email(&mut self, idx: usize, email: Option<String>) {
+        if self.people[idx].email != email {
+            self.people[idx].email = email;
+            self.reindex();
+        }
+    }
+
+    pub fn set_id(&mut self, idx: usize, id: Option<String>) {
+        if self.people[idx].id != id {
+            self.people[idx].id = id;
+            self.reindex();
+        }
     }
 
     pub fn find_ident(&self, ident: &Ident) -> Option<usize> {
@@ -129,14 +172,17 @@ impl Store {
             unsubscribed: false,
             created: now(),
         });
-        self.people.len() - 1
+        let i = self.people.len() - 1;
+        self.index(i);
+        i
     }
 
     pub fn remove(&mut self, idx: usize) {
         let p = self.people.remove(idx);
         for seg in self.segments.values_mut() {
-            seg.members.retain(|c| *c != p.cio_id);
+            seg.remove(&p.cio_id);
         }
+        self.reindex();
     }
 
     /// Set one custom attribute (not an identifier); null/"" removes it.
@@ -163,8 +209,8 @@ impl Store {
         let Some(obj) = attrs.as_object() else { return };
         for (k, v) in obj {
             match k.as_str() {
-                "id" => self.people[idx].id = stringify(v),
-                "email" => self.people[idx].email = stringify(v),
+                "id" => self.set_id(idx, stringify(v)),
+                "email" => self.set_email(idx, stringify(v)),
                 "cio_id" => {}
                 _ => self.set_plain_attr(idx, k, v),
             }
@@ -172,14 +218,11 @@ impl Store {
     }
 
     pub fn segments_of(&self, cio_id: &str) -> Vec<&Segment> {
-        self.segments
-            .values()
-            .filter(|s| s.members.iter().any(|m| m == cio_id))
-            .collect()
+        self.segments.values().filter(|s| s.has(cio_id)).collect()
     }
 
     pub fn person_by_cio(&self, cio_id: &str) -> Option<&Person> {
-        self.people.iter().find(|p| p.cio_id == cio_id)
+        self.by_cio.get(cio_id).map(|&i| &self.people[i])
     }
 }
 
@@ -219,6 +262,43 @@ impl Person {
 }
 
 impl Segment {
+    pub fn new(id: i64, ts: i64) -> Segment {
+        Segment {
+            id,
+            name: String::new(),
+            description: String::new(),
+            kind: String::new(),
+            created_at: ts,
+            updated_at: ts,
+            members: Vec::new(),
+            member_set: HashSet::new(),
+        }
+    }
+
+    /// Members' cio_ids in membership order.
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    pub fn has(&self, cio_id: &str) -> bool {
+        self.member_set.contains(cio_id)
+    }
+
+    /// Appends a member (no-op if already in); true when added.
+    pub fn add(&mut self, cio_id: &str) -> bool {
+        let added = self.member_set.insert(cio_id.to_string());
+        if added {
+            self.members.push(cio_id.to_string());
+        }
+        added
+    }
+
+    pub fn remove(&mut self, cio_id: &str) {
+        if self.member_set.remove(cio_id) {
+            self.members.retain(|m| m != cio_id);
+        }
+    }
+
     /// The §3.5 segment object.
     pub fn full_json(&self) -> Value {
         json!({

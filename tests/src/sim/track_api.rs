@@ -90,8 +90,8 @@ pub(crate) fn identify(store: &mut Store, ident: &Ident, attrs: &Map<String, Val
     if adopted && found.is_some() {
         // Path unknown, body identifier matched: the person takes the path identifier.
         match ident {
-            Ident::Email(e) => store.people[idx].email = Some(e.clone()),
-            Ident::Id(id) => store.people[idx].id = Some(id.clone()),
+            Ident::Email(e) => store.set_email(idx, Some(e.clone())),
+            Ident::Id(id) => store.set_id(idx, Some(id.clone())),
             Ident::CioId(_) => {}
         }
     } else if found.is_some() {
@@ -102,16 +102,15 @@ pub(crate) fn identify(store: &mut Store, ident: &Ident, attrs: &Map<String, Val
             // Path and body identify different people: 200, nothing changes.
             return Ok(());
         }
-        let p = &mut store.people[idx];
-        match ident {
-            Ident::CioId(_) => {
-                p.id = body_id.or(p.id.take());
-                p.email = body_email.or(p.email.take());
-            }
-            Ident::Email(_) => p.id = body_id.or(p.id.take()),
-            Ident::Id(_) if p.email.is_none() => p.email = body_email,
-            Ident::Id(_) => {}
-        }
+        let p = &store.people[idx];
+        let (id, email) = match ident {
+            Ident::CioId(_) => (body_id.or(p.id.clone()), body_email.or(p.email.clone())),
+            Ident::Email(_) => (body_id.or(p.id.clone()), p.email.clone()),
+            Ident::Id(_) if p.email.is_none() => (p.id.clone(), body_email),
+            Ident::Id(_) => (p.id.clone(), p.email.clone()),
+        };
+        store.set_id(idx, id);
+        store.set_email(idx, email);
     }
     for (k, v) in attrs {
         if !NOT_STORED.contains(&k.as_str()) {
@@ -282,10 +281,10 @@ fn segment_edit(inner: &Inner, sid: &str, add: bool, query: Option<&str>, body: 
         return track_error(400, "only manual segments can be changed");
     }
     for c in cio_ids {
-        if add && !seg.members.contains(&c) {
-            seg.members.push(c);
-        } else if !add {
-            seg.members.retain(|m| *m != c);
+        if add {
+            seg.add(&c);
+        } else {
+            seg.remove(&c);
         }
     }
     seg.updated_at = super::state::now();

@@ -1,12 +1,13 @@
-//! The Postgres side of a sync: finding, creating and updating users, their meta and segments,
-//! and the segment catalogue. Functions take a connection so that the caller decides the
-//! transaction; the sync module holds the one transaction per event.
+//! The Postgres side of a sync, set-based: each function reads or writes what a whole batch of
+//! commands needs in one statement. Functions take a connection so that the caller decides the
+//! transaction; the pipeline holds one transaction per batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
-use crate::cio::types::Segment;
+use crate::{cio::types::Segment, outbox::OutboxKind};
 
 /// A local user as the sync needs to see it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -23,117 +24,160 @@ pub struct UserRow {
     pub protected: bool,
 }
 
-/// Finds the user by `cio_id` first, then by any of `emails` (case-insensitive).
-pub async fn find_user(
+/// How to find one contact's user: by `cio_id` first, then by any of `emails`.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub cio_id: Option<String>,
+    /// Lower-cased addresses.
+    pub emails: Vec<String>,
+}
+
+/// Finds each lookup's user (`None` where there is none), in order. With `lock`, the users' rows
+/// stay locked until the transaction ends.
+pub async fn find_users(
     conn: &mut PgConnection,
-    cio_id: Option<&str>,
-    emails: &[String],
-) -> Result<Option<UserRow>, sqlx::Error> {
-    find_user_sql(conn, FIND_USER, cio_id, emails).await
-}
-
-/// Like [`find_user`], and locks the user's row until the transaction ends.
-pub async fn find_user_for_update(
-    conn: &mut PgConnection,
-    cio_id: Option<&str>,
-    emails: &[String],
-) -> Result<Option<UserRow>, sqlx::Error> {
-    find_user_sql(conn, FIND_USER_FOR_UPDATE, cio_id, emails).await
-}
-
-macro_rules! find_user_query {
-    () => {
-        "select u.id, u.email, u.username, u.role, u.cio_id, u.customer_id, u.first_name, u.last_name,
-                u.display_name, r.protected
-         from users u join roles r on r.name = u.role
-         where ($1::text is not null and u.cio_id = $1) or lower(u.email) = any($2)
-         order by (u.cio_id is not distinct from $1) desc, u.id
-         limit 1"
-    };
-}
-const FIND_USER: &str = find_user_query!();
-
-const FIND_USER_FOR_UPDATE: &str = concat!(find_user_query!(), " for update of u");
-
-async fn find_user_sql(
-    conn: &mut PgConnection,
-    sql: &'static str,
-    cio_id: Option<&str>,
-    emails: &[String],
-) -> Result<Option<UserRow>, sqlx::Error> {
-    let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
-    sqlx::query_as(sql)
-        .bind(cio_id)
-        .bind(&lowered)
-        .fetch_optional(conn)
-        .await
-}
-
-/// Serialises every writer of one contact until the transaction ends (many `add`s at once).
-pub async fn lock_contact(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('cio-sync contact ' || lower($1), 0))")
-        .bind(key)
-        .execute(conn)
+    lookups: &[Lookup],
+    lock: bool,
+) -> Result<Vec<Option<UserRow>>, sqlx::Error> {
+    if lookups.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        i: i64,
+        #[sqlx(flatten)]
+        user: UserRow,
+    }
+    let sql = format!(
+        "select t.i, u.* from unnest($1::text[], $2::text[]) with ordinality as t(cio_id, emails, i)
+         cross join lateral (
+             select u.id, u.email, u.username, u.role, u.cio_id, u.customer_id, u.first_name, u.last_name,
+                    u.display_name, r.protected
+             from users u join roles r on r.name = u.role
+             where (t.cio_id is not null and u.cio_id = t.cio_id)
+                or lower(u.email) = any(array(select jsonb_array_elements_text(t.emails::jsonb)))
+             order by (u.cio_id is not distinct from t.cio_id) desc, u.id
+             limit 1 {}
+         ) u",
+        if lock { "for update of u" } else { "" }
+    );
+    let rows: Vec<Found> = sqlx::query_as(&sql)
+        .bind(lookups.iter().map(|l| l.cio_id.clone()).collect::<Vec<_>>())
+        .bind(
+            lookups
+                .iter()
+                .map(|l| serde_json::to_string(&l.emails).expect("strings serialise"))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
         .await?;
+    let mut out = vec![None; lookups.len()];
+    for f in rows {
+        out[(f.i - 1) as usize] = Some(f.user);
+    }
+    Ok(out)
+}
+
+/// Serialises every writer of these contacts (their cio_id, else e-mail) until the transaction ends.
+pub async fn lock_contacts(conn: &mut PgConnection, keys: &[String]) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("select lock_contacts($1)").bind(keys).execute(conn).await?;
     Ok(())
 }
 
-/// `Some(protected)` when the role is registered.
-pub async fn role(conn: &mut PgConnection, name: &str) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar("select protected from roles where name = $1")
-        .bind(name)
-        .fetch_optional(conn)
-        .await
+/// Every registered role: name → protected.
+pub async fn roles(conn: &mut PgConnection) -> Result<HashMap<String, bool>, sqlx::Error> {
+    let rows: Vec<(String, bool)> = sqlx::query_as("select name, protected from roles")
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
-/// The user id owning `username` (case-insensitive), if any.
-pub async fn username_owner(conn: &mut PgConnection, username: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("select id from users where lower(username) = lower($1)")
-        .bind(username)
-        .fetch_optional(conn)
-        .await
+/// Which of `usernames` are taken: lower-cased username → its user (`Some`, as [`super::users::Facts`] keeps them).
+pub async fn taken_usernames(
+    conn: &mut PgConnection,
+    usernames: &[String],
+) -> Result<HashMap<String, Option<i64>>, sqlx::Error> {
+    if usernames.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lowered: Vec<String> = usernames.iter().map(|u| u.to_lowercase()).collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("select lower(username), id from users where lower(username) = any($1)")
+            .bind(&lowered)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|(u, id)| (u, Some(id))).collect())
 }
 
-pub async fn email_owner(conn: &mut PgConnection, email: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("select id from users where lower(email) = lower($1)")
-        .bind(email)
-        .fetch_optional(conn)
-        .await
+/// The owners of `emails`: lower-cased address → user id.
+pub async fn email_owners(conn: &mut PgConnection, emails: &[String]) -> Result<HashMap<String, i64>, sqlx::Error> {
+    if emails.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as("select lower(email), id from users where lower(email) = any($1)")
+        .bind(&lowered)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A user to create.
-pub struct NewUser<'a> {
-    pub email: &'a str,
-    pub username: &'a str,
-    pub password_hash: &'a str,
-    pub role: &'a str,
-    pub cio_id: Option<&'a str>,
-    pub customer_id: Option<&'a str>,
-    pub first_name: Option<&'a str>,
-    pub last_name: Option<&'a str>,
-    pub display_name: &'a str,
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub cio_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub display_name: String,
 }
 
-pub async fn insert_user(conn: &mut PgConnection, u: &NewUser<'_>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "insert into users (email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id",
+/// Creates the users; returns their ids in order.
+pub async fn insert_users(conn: &mut PgConnection, users: &[NewUser]) -> Result<Vec<i64>, sqlx::Error> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let col = |f: fn(&NewUser) -> Option<String>| users.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "with new as (
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::text[], $9::text[]) with ordinality
+                 as t(email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name, i)
+         ), created as (
+             insert into users (email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name)
+             select email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name
+             from new order by i
+             returning id, lower(email) as email
+         )
+         select new.i, created.id from new join created on created.email = lower(new.email)",
     )
-    .bind(u.email)
-    .bind(u.username)
-    .bind(u.password_hash)
-    .bind(u.role)
-    .bind(u.cio_id)
-    .bind(u.customer_id)
-    .bind(u.first_name)
-    .bind(u.last_name)
-    .bind(u.display_name)
-    .fetch_one(conn)
-    .await
+    .bind(col(|u| Some(u.email.clone())))
+    .bind(col(|u| Some(u.username.clone())))
+    .bind(col(|u| Some(u.password_hash.clone())))
+    .bind(col(|u| Some(u.role.clone())))
+    .bind(col(|u| u.cio_id.clone()))
+    .bind(col(|u| u.customer_id.clone()))
+    .bind(col(|u| u.first_name.clone()))
+    .bind(col(|u| u.last_name.clone()))
+    .bind(col(|u| Some(u.display_name.clone())))
+    .fetch_all(conn)
+    .await?;
+    let mut ids = vec![0; users.len()];
+    for (i, id) in rows {
+        ids[(i - 1) as usize] = id;
+    }
+    Ok(ids)
 }
 
 /// Column changes to an existing user; `None` leaves a column as it is.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct UserChanges {
     pub email: Option<String>,
     pub role: Option<String>,
@@ -145,58 +189,75 @@ pub struct UserChanges {
 }
 
 impl UserChanges {
-    pub fn is_empty(&self) -> bool {
-        self.email.is_none()
-            && self.role.is_none()
-            && self.cio_id.is_none()
-            && self.customer_id.is_none()
-            && self.first_name.is_none()
-            && self.last_name.is_none()
-            && self.display_name.is_none()
+    /// The names of the columns that change, for the event log.
+    pub fn columns(&self) -> Vec<&'static str> {
+        [
+            ("email", self.email.is_some()),
+            ("role", self.role.is_some()),
+            ("first_name", self.first_name.is_some()),
+            ("last_name", self.last_name.is_some()),
+            ("display_name", self.display_name.is_some()),
+            ("cio_id", self.cio_id.is_some()),
+            ("customer_id", self.customer_id.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, b)| b.then_some(n))
+        .collect()
     }
 }
 
-pub async fn update_user(conn: &mut PgConnection, id: i64, c: &UserChanges) -> Result<(), sqlx::Error> {
-    if c.is_empty() {
+/// Applies column changes to many users at once.
+pub async fn update_users(conn: &mut PgConnection, changes: &[(i64, UserChanges)]) -> Result<(), sqlx::Error> {
+    let changes: Vec<&(i64, UserChanges)> = changes.iter().filter(|(_, c)| !c.columns().is_empty()).collect();
+    if changes.is_empty() {
         return Ok(());
     }
+    let col = |f: fn(&UserChanges) -> Option<String>| changes.iter().map(|(_, c)| f(c)).collect::<Vec<_>>();
     sqlx::query(
-        "update users set email = coalesce($2, email), role = coalesce($3, role), cio_id = coalesce($4, cio_id),
-             customer_id = coalesce($5, customer_id), first_name = coalesce($6, first_name),
-             last_name = coalesce($7, last_name), display_name = coalesce($8, display_name), updated_at = now()
-         where id = $1",
+        "update users u set email = coalesce(c.email, u.email), role = coalesce(c.role, u.role),
+             cio_id = coalesce(c.cio_id, u.cio_id), customer_id = coalesce(c.customer_id, u.customer_id),
+             first_name = coalesce(c.first_name, u.first_name), last_name = coalesce(c.last_name, u.last_name),
+             display_name = coalesce(c.display_name, u.display_name), updated_at = now()
+         from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+             as c(id, email, role, cio_id, customer_id, first_name, last_name, display_name)
+         where u.id = c.id",
     )
-    .bind(id)
-    .bind(&c.email)
-    .bind(&c.role)
-    .bind(&c.cio_id)
-    .bind(&c.customer_id)
-    .bind(&c.first_name)
-    .bind(&c.last_name)
-    .bind(&c.display_name)
+    .bind(changes.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(col(|c| c.email.clone()))
+    .bind(col(|c| c.role.clone()))
+    .bind(col(|c| c.cio_id.clone()))
+    .bind(col(|c| c.customer_id.clone()))
+    .bind(col(|c| c.first_name.clone()))
+    .bind(col(|c| c.last_name.clone()))
+    .bind(col(|c| c.display_name.clone()))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Sets meta keys (never deletes: empty attributes do not clear local data).
+/// Sets meta keys of many users (never deletes: empty attributes do not clear local data).
 pub async fn upsert_meta(
     conn: &mut PgConnection,
-    user_id: i64,
-    meta: &BTreeMap<String, String>,
+    meta: &[(i64, &BTreeMap<String, String>)],
 ) -> Result<(), sqlx::Error> {
-    if meta.is_empty() {
+    let (mut users, mut keys, mut values) = (vec![], vec![], vec![]);
+    for (user_id, m) in meta {
+        for (k, v) in m.iter() {
+            users.push(*user_id);
+            keys.push(k.as_str());
+            values.push(v.as_str());
+        }
+    }
+    if users.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&String> = meta.keys().collect();
-    let values: Vec<&String> = meta.values().collect();
     sqlx::query(
         "insert into user_meta (user_id, meta_key, meta_value)
-         select $1, k, v from unnest($2::text[], $3::text[]) as t(k, v)
+         select * from unnest($1::bigint[], $2::text[], $3::text[])
          on conflict (user_id, meta_key) do update set meta_value = excluded.meta_value
          where user_meta.meta_value is distinct from excluded.meta_value",
     )
-    .bind(user_id)
+    .bind(users)
     .bind(keys)
     .bind(values)
     .execute(conn)
@@ -204,28 +265,47 @@ pub async fn upsert_meta(
     Ok(())
 }
 
-/// Replaces the user's segment set; returns (added, removed).
+/// Replaces the segment sets of many users; returns each user's (added, removed) counts.
 pub async fn replace_segments(
     conn: &mut PgConnection,
-    user_id: i64,
-    ids: &BTreeSet<i64>,
-) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
-    let wanted: Vec<i64> = ids.iter().copied().collect();
-    let (added, removed): (Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "with removed as (
-             delete from user_segments where user_id = $1 and not (segment_id = any($2)) returning segment_id
+    sets: &[(i64, &BTreeSet<i64>)],
+) -> Result<HashMap<i64, (i64, i64)>, sqlx::Error> {
+    if sets.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let owners: Vec<i64> = sets.iter().map(|(u, _)| *u).collect();
+    let (mut users, mut segments) = (vec![], vec![]);
+    for (user_id, ids) in sets {
+        for id in ids.iter() {
+            users.push(*user_id);
+            segments.push(*id);
+        }
+    }
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "with owners as (
+             select unnest($1::bigint[]) as user_id
+         ), wanted as (
+             select * from unnest($2::bigint[], $3::bigint[]) as w(user_id, segment_id)
+         ), removed as (
+             delete from user_segments s using owners o
+             where s.user_id = o.user_id
+               and not exists (select 1 from wanted w where w.user_id = s.user_id and w.segment_id = s.segment_id)
+             returning s.user_id
          ), added as (
-             insert into user_segments (user_id, segment_id) select $1, unnest($2::bigint[])
-             on conflict do nothing returning segment_id
+             insert into user_segments (user_id, segment_id) select user_id, segment_id from wanted
+             on conflict do nothing returning user_id
          )
-         select coalesce((select array_agg(segment_id) from added), '{}'),
-                coalesce((select array_agg(segment_id) from removed), '{}')",
+         select o.user_id,
+                (select count(*) from added a where a.user_id = o.user_id),
+                (select count(*) from removed r where r.user_id = o.user_id)
+         from owners o",
     )
-    .bind(user_id)
-    .bind(&wanted)
-    .fetch_one(conn)
+    .bind(owners)
+    .bind(users)
+    .bind(segments)
+    .fetch_all(conn)
     .await?;
-    Ok((added, removed))
+    Ok(rows.into_iter().map(|(u, a, r)| (u, (a, r))).collect())
 }
 
 /// Stores segment names and descriptions from Customer.io, touching only rows that changed.
@@ -273,30 +353,34 @@ pub async fn segment_names(pool: &PgPool, ids: &BTreeSet<i64>) -> Result<(BTreeM
 }
 
 /// A side effect to queue in the outbox, in the same transaction as the user.
-pub struct NewOutboxRow<'a> {
-    pub kind: &'a str,
+pub struct NewOutboxRow {
+    pub kind: OutboxKind,
     pub user_id: i64,
-    pub event_id: uuid::Uuid,
-    pub recipient: &'a str,
+    pub event_id: Uuid,
+    pub recipient: String,
     /// password_return: the sealed password.
     pub secret: Option<Vec<u8>>,
-    /// `pending`, or `skipped` when the feature is off.
-    pub status: &'a str,
-    pub note: Option<&'a str>,
+    /// `pending`, or `skipped` when the feature is off (with the reason).
+    pub skipped: Option<&'static str>,
 }
 
-pub async fn insert_outbox(conn: &mut PgConnection, row: NewOutboxRow<'_>) -> Result<(), sqlx::Error> {
+/// Queues outbox rows (at most one of each kind per user, ever).
+pub async fn insert_outbox(conn: &mut PgConnection, rows: &[NewOutboxRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "insert into outbox (kind, user_id, event_id, recipient, secret, status, last_error)
-         values ($1, $2, $3, $4, $5, $6, $7) on conflict (user_id, kind) do nothing",
+         select k, u, e, r, s, case when n is null then 'pending' else 'skipped' end, n
+         from unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bytea[], $6::text[]) as t(k, u, e, r, s, n)
+         on conflict (user_id, kind) do nothing",
     )
-    .bind(row.kind)
-    .bind(row.user_id)
-    .bind(row.event_id)
-    .bind(row.recipient)
-    .bind(row.secret)
-    .bind(row.status)
-    .bind(row.note)
+    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.recipient.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.secret.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.skipped).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

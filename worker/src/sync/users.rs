@@ -1,44 +1,32 @@
-//! Creating a user and refreshing an existing one, with WP Fusion's rules for usernames, roles
-//! and protected users (DESIGN §4), and the outbox rows a new user brings.
+//! What a sync does to a user, with WP Fusion's rules for usernames, roles and protected users:
+//! the changes to an existing user, or the user to create. Decisions read [`Facts`] gathered for a
+//! whole batch in a few statements, and say what they decided in the event log; nothing here writes.
+
+use std::collections::HashMap;
 
 use rand::Rng;
-use secrecy::SecretString;
 use shared::command::SyncV1;
 use sqlx::PgConnection;
 
 use super::{
-    store::{self, NewOutboxRow, NewUser, UserChanges, UserRow},
-    Failure, PreparedPassword, SyncCtx,
+    outcome::Failure,
+    store::{self, NewUser, UserChanges, UserRow},
 };
 use crate::{
     cio::types::Customer,
     events::EventLog,
     fieldmap::{Mapped, UserField},
-    password,
 };
 
-/// The password of a new user: the mapped `user_pass`, else a generated one; hashed off the runtime.
-pub async fn prepare_password(ctx: &SyncCtx, mapped: &Mapped) -> Result<PreparedPassword, Failure> {
-    let (plaintext, generated) = match mapped.get(UserField::UserPass) {
-        Some(p) => (SecretString::from(p.to_string()), false),
-        None => (password::generate(ctx.password_length), true),
-    };
-    let to_hash = plaintext.clone();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash))
-        .await
-        .map_err(|e| Failure::Transient {
-            reason: format!("hashing task failed: {e}"),
-            retry_after: None,
-        })?
-        .map_err(|e| Failure::Transient {
-            reason: e.to_string(),
-            retry_after: None,
-        })?;
-    Ok(PreparedPassword {
-        plaintext,
-        hash,
-        generated,
-    })
+/// What the database says, for every decision of one write round.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// Registered roles: name → protected.
+    pub roles: HashMap<String, bool>,
+    /// Owners of the addresses users would change to: lower-cased e-mail → user id.
+    pub email_owners: HashMap<String, i64>,
+    /// Usernames taken (lower-cased) → their user, `None` for one chosen earlier in this round.
+    pub taken_usernames: HashMap<String, Option<i64>>,
 }
 
 fn changed(new: Option<&str>, old: Option<&str>) -> Option<String> {
@@ -48,17 +36,30 @@ fn changed(new: Option<&str>, old: Option<&str>) -> Option<String> {
     }
 }
 
-/// Refreshes an existing user from the contact (the `update` path, also `add` for existing users).
-#[allow(clippy::too_many_arguments)]
-pub async fn refresh(
-    conn: &mut PgConnection,
+/// The e-mail Customer.io has for the contact (the mapped field, else its identifier).
+pub fn customer_email(customer: &Customer, mapped: &Mapped) -> Option<String> {
+    mapped
+        .get(UserField::Email)
+        .map(str::to_string)
+        .or_else(|| customer.email())
+}
+
+/// The address an existing user would change to, if Customer.io has another one.
+pub fn email_change(user: &UserRow, customer: &Customer, mapped: &Mapped) -> Option<String> {
+    customer_email(customer, mapped).filter(|e| !e.eq_ignore_ascii_case(&user.email))
+}
+
+/// The changes that refresh an existing user from the contact (`update`, and `add` for a user
+/// that exists).
+pub fn refresh(
     cmd: &SyncV1,
     user: &UserRow,
     customer: &Customer,
     mapped: &Mapped,
     cio_id: Option<&str>,
+    facts: &Facts,
     log: &mut EventLog,
-) -> Result<(), Failure> {
+) -> UserChanges {
     let mut c = UserChanges {
         first_name: changed(mapped.get(UserField::FirstName), user.first_name.as_deref()),
         last_name: changed(mapped.get(UserField::LastName), user.last_name.as_deref()),
@@ -73,19 +74,13 @@ pub async fn refresh(
             user.id, user.role
         ));
     }
-    let new_email = mapped
-        .get(UserField::Email)
-        .map(str::to_string)
-        .or_else(|| customer.email());
-    if let Some(e) = new_email.filter(|e| !e.eq_ignore_ascii_case(&user.email)) {
-        if user.protected {
-            // already said above
-        } else if shared::email::parse(&e).is_err() {
+    if let Some(e) = email_change(user, customer, mapped).filter(|_| !user.protected) {
+        if shared::email::parse(&e).is_err() {
             log.warning(format!(
                 "Customer.io e-mail {e:?} is not a valid address; e-mail of user #{} left unchanged",
                 user.id
             ));
-        } else if let Some(owner) = store::email_owner(conn, &e).await?.filter(|o| *o != user.id) {
+        } else if let Some(owner) = facts.email_owners.get(&e.to_lowercase()).filter(|o| **o != user.id) {
             log.warning(format!(
                 "E-mail {e} already belongs to user #{owner}; e-mail of user #{} left unchanged",
                 user.id
@@ -98,67 +93,83 @@ pub async fn refresh(
             c.email = Some(e);
         }
     }
-    if let Some(role) = cmd.role.as_deref().filter(|r| *r != user.role) {
-        if !user.protected {
-            match store::role(conn, role).await? {
-                Some(false) => {
-                    log.info(format!("Set role of user #{} to {role}", user.id));
-                    c.role = Some(role.to_string());
-                }
-                Some(true) => log.warning(format!(
-                    "Role {role} is protected and cannot be given by a webhook; user #{} keeps role {}",
-                    user.id, user.role
-                )),
-                None => log.warning(format!(
-                    "Role {role} is not a registered role; user #{} keeps role {}",
-                    user.id, user.role
-                )),
+    if let Some(role) = cmd.role.as_deref().filter(|r| *r != user.role && !user.protected) {
+        match facts.roles.get(role) {
+            Some(false) => {
+                log.info(format!("Set role of user #{} to {role}", user.id));
+                c.role = Some(role.to_string());
             }
+            Some(true) => log.warning(format!(
+                "Role {role} is protected and cannot be given by a webhook; user #{} keeps role {}",
+                user.id, user.role
+            )),
+            None => log.warning(format!(
+                "Role {role} is not a registered role; user #{} keeps role {}",
+                user.id, user.role
+            )),
         }
     }
-    let what: Vec<&str> = [
-        ("email", c.email.is_some()),
-        ("role", c.role.is_some()),
-        ("first_name", c.first_name.is_some()),
-        ("last_name", c.last_name.is_some()),
-        ("display_name", c.display_name.is_some()),
-        ("cio_id", c.cio_id.is_some()),
-        ("customer_id", c.customer_id.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(n, b)| b.then_some(n))
-    .collect();
-    store::update_user(conn, user.id, &c).await?;
-    store::upsert_meta(conn, user.id, &mapped.meta).await?;
-    if what.is_empty() {
+    let columns = c.columns();
+    if columns.is_empty() {
         log.info(format!("User #{} fields are up to date", user.id));
     } else {
-        log.info(format!("Updated user #{}: {}", user.id, what.join(", ")));
+        log.info(format!("Updated user #{}: {}", user.id, columns.join(", ")));
     }
-    Ok(())
+    c
+}
+
+/// The address a new user gets: the mapped one if it is a valid address, else the webhook's.
+pub fn new_user_email(cmd: &SyncV1, mapped: &Mapped) -> String {
+    mapped
+        .get(UserField::Email)
+        .filter(|e| shared::email::parse(e).is_ok())
+        .unwrap_or(cmd.contact.email.as_str())
+        .to_string()
+}
+
+/// The username a new user would want first: the mapped `user_login`, else the e-mail.
+pub fn wanted_username(cmd: &SyncV1, mapped: &Mapped) -> String {
+    mapped
+        .get(UserField::UserLogin)
+        .map(str::to_string)
+        .unwrap_or_else(|| new_user_email(cmd, mapped))
 }
 
 /// Picks the username: the mapped `user_login` (which must be free), else the e-mail, with a
-/// suffix of digits while it is taken. `Err` is a rejection reason.
+/// suffix of digits while it is taken. `Ok(Err(reason))` rejects the command.
 async fn choose_username(
     conn: &mut PgConnection,
     mapped: &Mapped,
     email: &str,
+    facts: &mut Facts,
 ) -> Result<Result<String, String>, Failure> {
     if let Some(login) = mapped.get(UserField::UserLogin) {
-        return Ok(match store::username_owner(conn, login).await? {
-            Some(owner) => Err(format!(
+        return Ok(match facts.taken_usernames.get(&login.to_lowercase()) {
+            Some(Some(owner)) => Err(format!(
                 "user_login {login} from Customer.io belongs to another user (#{owner})"
             )),
-            None => Ok(login.to_string()),
+            Some(None) => Err(format!(
+                "user_login {login} from Customer.io is wanted by another contact created at the same time"
+            )),
+            None => {
+                facts.taken_usernames.insert(login.to_lowercase(), None);
+                Ok(login.to_string())
+            }
         });
     }
-    if store::username_owner(conn, email).await?.is_none() {
+    if let std::collections::hash_map::Entry::Vacant(free) = facts.taken_usernames.entry(email.to_lowercase()) {
+        free.insert(None);
         return Ok(Ok(email.to_string()));
     }
     for digits in [999u32, 999, 999, 9_999, 99_999, 999_999, 9_999_999] {
         let candidate = format!("{email}{}", rand::thread_rng().gen_range(1..=digits));
-        if store::username_owner(conn, &candidate).await?.is_none() {
+        let lowered = candidate.to_lowercase();
+        if !facts.taken_usernames.contains_key(&lowered)
+            && store::taken_usernames(conn, std::slice::from_ref(&candidate))
+                .await?
+                .is_empty()
+        {
+            facts.taken_usernames.insert(lowered, None);
             return Ok(Ok(candidate));
         }
     }
@@ -169,143 +180,72 @@ async fn choose_username(
 }
 
 /// The role for a new user: the URL's if registered and not protected, else the default.
-async fn choose_role(
-    conn: &mut PgConnection,
-    ctx: &SyncCtx,
-    cmd: &SyncV1,
-    log: &mut EventLog,
-) -> Result<String, Failure> {
+fn choose_role(cmd: &SyncV1, default_role: &str, facts: &Facts, log: &mut EventLog) -> String {
     let Some(role) = cmd.role.as_deref() else {
-        return Ok(ctx.default_role.clone());
+        return default_role.to_string();
     };
-    Ok(match store::role(conn, role).await? {
+    match facts.roles.get(role) {
         Some(false) => role.to_string(),
         Some(true) => {
             log.warning(format!(
-                "Role {role} is protected and cannot be given by a webhook; the default role {} is used instead",
-                ctx.default_role
+                "Role {role} is protected and cannot be given by a webhook; the default role {default_role} is used instead"
             ));
-            ctx.default_role.clone()
+            default_role.to_string()
         }
         None => {
             log.warning(format!(
-                "Role {role} is not a registered role; the default role {} is used instead",
-                ctx.default_role
+                "Role {role} is not a registered role; the default role {default_role} is used instead"
             ));
-            ctx.default_role.clone()
+            default_role.to_string()
         }
-    })
+    }
 }
 
-/// Creates the user with its meta and outbox rows. `Ok(Err(reason))` rejects the command.
+/// The user an `add` creates (without its password hash, filled in by the caller).
+/// `Ok(Err(reason))` rejects the command.
 #[allow(clippy::too_many_arguments)]
-pub async fn create(
+pub async fn new_user(
     conn: &mut PgConnection,
-    ctx: &SyncCtx,
     cmd: &SyncV1,
     customer: &Customer,
     mapped: &Mapped,
     cio_id: Option<&str>,
-    pw: PreparedPassword,
+    default_role: &str,
+    facts: &mut Facts,
     log: &mut EventLog,
-) -> Result<Result<i64, String>, Failure> {
-    let email = mapped
-        .get(UserField::Email)
-        .filter(|e| shared::email::parse(e).is_ok())
-        .unwrap_or(&cmd.contact.email)
-        .to_string();
-    let username = match choose_username(conn, mapped, &email).await? {
+) -> Result<Result<NewUser, String>, Failure> {
+    let email = new_user_email(cmd, mapped);
+    let username = match choose_username(conn, mapped, &email, facts).await? {
         Ok(u) => u,
         Err(reason) => return Ok(Err(reason)),
     };
-    let role = choose_role(conn, ctx, cmd, log).await?;
-    let first = mapped.get(UserField::FirstName);
-    let last = mapped.get(UserField::LastName);
-    let display = mapped
+    let role = choose_role(cmd, default_role, facts, log);
+    let first = mapped.get(UserField::FirstName).map(str::to_string);
+    let last = mapped.get(UserField::LastName).map(str::to_string);
+    let display_name = mapped
         .get(UserField::DisplayName)
         .map(str::to_string)
         .unwrap_or_else(|| {
-            let full = [first, last].into_iter().flatten().collect::<Vec<_>>().join(" ");
+            let full = [first.as_deref(), last.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
             if full.is_empty() {
                 username.clone()
             } else {
                 full
             }
         });
-    let customer_id = customer.customer_id();
-    let new = NewUser {
-        email: &email,
-        username: &username,
-        password_hash: &pw.hash,
-        role: &role,
-        cio_id,
-        customer_id: customer_id.as_deref(),
+    Ok(Ok(NewUser {
+        email,
+        username,
+        password_hash: String::new(),
+        role,
+        cio_id: cio_id.map(str::to_string),
+        customer_id: customer.customer_id(),
         first_name: first,
         last_name: last,
-        display_name: &display,
-    };
-    let id = match store::insert_user(conn, &new).await {
-        Ok(id) => id,
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(Failure::Transient {
-                reason: format!(
-                    "a conflicting user appeared while creating {email} ({}); retrying",
-                    e.constraint().unwrap_or("unique")
-                ),
-                retry_after: None,
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
-    store::upsert_meta(conn, id, &mapped.meta).await?;
-    let source = if pw.generated {
-        "generated password"
-    } else {
-        "password from Customer.io"
-    };
-    log.info(format!(
-        "Created user #{id} (role {role}, username {username}, {source})"
-    ));
-
-    let welcome = |user_id, status, note| NewOutboxRow {
-        kind: "welcome_email",
-        user_id,
-        event_id: cmd.event_id,
-        recipient: &email,
-        secret: None,
-        status,
-        note,
-    };
-    if cmd.send_notification {
-        if ctx.mail_enabled {
-            store::insert_outbox(conn, welcome(id, "pending", None)).await?;
-            log.info("Queued the welcome e-mail");
-        } else {
-            let note = "welcome e-mail is off (SMTP_URL is not set)";
-            store::insert_outbox(conn, welcome(id, "skipped", Some(note))).await?;
-            log.warning(format!("send_notification was requested but the {note}"));
-        }
-    }
-    if let Some(pr) = &ctx.password_return {
-        if pw.generated {
-            let sealed = pr.secrets.seal(&pw.plaintext);
-            let row = NewOutboxRow {
-                kind: "password_return",
-                user_id: id,
-                event_id: cmd.event_id,
-                recipient: &email,
-                secret: Some(sealed),
-                status: "pending",
-                note: None,
-            };
-            store::insert_outbox(conn, row).await?;
-            log.info(format!(
-                "Queued the return of the generated password to Customer.io attribute {}",
-                pr.field
-            ));
-        } else {
-            log.info("Password came from Customer.io: nothing to return");
-        }
-    }
-    Ok(Ok(id))
+        display_name,
+    }))
 }
