@@ -220,3 +220,48 @@ async fn short_keys_start_with_a_warning_naming_the_label_never_the_value() {
     assert!(!out.contains("short-key-0123"), "the key never reaches the log:\n{out}");
     assert_eq!(out.matches("shorter than 20 characters").count(), 1, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_stores_the_label_with_the_event() {
+    let mut env = TestEnv::new().await;
+    env.simh.add_person("stored-label@example.com", json!({}));
+    env.simh.add_person("plain@example.com", json!({}));
+    let urls = labelled_ingress(&mut env).await;
+    let w = env.worker(env.worker_settings()).await;
+    env.run_worker(w);
+    let c = reqwest::Client::new();
+    for (key, email) in [
+        (CRM_KEY, "stored-label@example.com"),
+        ("plain-unlabelled-key-000", "plain@example.com"),
+    ] {
+        let r = c
+            .post(format!("{}/?wpf_action=add&access_key={key}", urls.public))
+            .json(&json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let rows: Vec<(String, String, Option<String>)> =
+        testkit::wait_until("both events to finish", Duration::from_secs(30), || async {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "select email, status, key_label from webhook_events where status not in ('processing', 'retrying') order by email",
+            )
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            ("plain@example.com".into(), "succeeded".into(), None),
+            (
+                "stored-label@example.com".into(),
+                "succeeded".into(),
+                Some("crm".into())
+            ),
+        ]
+    );
+}
