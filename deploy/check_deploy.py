@@ -24,7 +24,8 @@ import yaml
 
 # DESIGN.md §6, plus the three operational names the binaries also read.
 DESIGN_ENV = {
-    "DATABASE_URL", "AMQP_URL", "AMQP_NAMESPACE", "ACCESS_KEYS", "INGRESS_ADDR", "CIO_REGION",
+    "DATABASE_URL", "AMQP_URL", "AMQP_NAMESPACE", "ACCESS_KEYS", "INGRESS_ADDR", "INGRESS_ADMIN_ADDR",
+    "CIO_REGION",
     "CIO_APP_API_KEY", "CIO_SITE_ID", "CIO_TRACK_API_KEY", "CIO_APP_API_URL", "CIO_TRACK_API_URL",
     "CIO_APP_RATE_LIMIT", "WORKER_CONCURRENCY", "RETURN_PASSWORD_FIELD", "SECRETS_KEY",
     "DEFAULT_ROLE", "SMTP_URL", "MAIL_FROM", "LOGIN_URL", "FIELD_MAP_FILE", "LOG_FORMAT",
@@ -359,10 +360,18 @@ def cmd_k8s(k8s_dir: Path) -> None:
         ps = ing["spec"]["template"]["spec"]
         c = ps["containers"][0]
         env = all_envs[f"cio-sync-ingress/{c['name']}"]
-        check(c["readinessProbe"]["httpGet"]["path"] == "/readyz" and probe_port(c, c["readinessProbe"]) == 8080,
-              "ingress: readiness /readyz on 8080")
+        admin_port = int(env.get("INGRESS_ADMIN_ADDR", "127.0.0.1:9090").rsplit(":", 1)[1])
+        check(env.get("INGRESS_ADMIN_ADDR", "").startswith("0.0.0.0:") and admin_port == 9090,
+              "ingress: INGRESS_ADMIN_ADDR 0.0.0.0:9090 (probes and Prometheus reach it in the pod)")
+        check(c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+              and probe_port(c, c["readinessProbe"]) == admin_port,
+              "ingress: readiness /readyz on the admin port")
         check(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and probe_port(c, c["livenessProbe"]) == 8080,
               "ingress: liveness /healthz on 8080")
+        ann = ing["spec"]["template"]["metadata"].get("annotations") or {}
+        check(ann.get("prometheus.io/port") == str(admin_port)
+              and ann.get("prometheus.io/path", "/metrics") == "/metrics",
+              "ingress: prometheus.io scrape annotations on the admin port")
         pre = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
         grace = float(env.get("SHUTDOWN_GRACE_SECS", "20"))
         check(ps.get("terminationGracePeriodSeconds", 30) > pre + grace,
@@ -374,6 +383,10 @@ def cmd_k8s(k8s_dir: Path) -> None:
             tp = svcs[0]["spec"]["ports"][0]["targetPort"]
             check(tp == 8080 or any(p.get("name") == tp for p in c.get("ports", [])),
                   "ingress Service: targetPort names the container port")
+            exposed = {p.get("targetPort") for p in svcs[0]["spec"]["ports"]}
+            admin_names = {p.get("name") for p in c.get("ports", []) if p.get("containerPort") == admin_port}
+            check(not (exposed & ({admin_port} | admin_names)),
+                  "ingress Service: the admin port is not exposed")
         pdbs = [p for p in by_kind(docs, "PodDisruptionBudget").values()
                 if matches(p["spec"]["selector"]["matchLabels"], ing["spec"]["template"]["metadata"]["labels"])]
         check(bool(pdbs), "ingress: a PodDisruptionBudget covers its pods")

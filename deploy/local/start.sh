@@ -52,8 +52,19 @@ if [ -z "${ACCESS_KEYS:-}" ]; then
 fi
 KEY=${ACCESS_KEYS%%,*}
 
+# The commands queue's length limit is a broker policy (README, "The commands queue's length limit").
+MAX_LENGTH=${COMMANDS_QUEUE_MAX_LENGTH:-1000000}
+policy=(set_policy --apply-to queues --priority 10 "$AMQP_NAMESPACE-commands-limit"
+  "^${AMQP_NAMESPACE//./\\.}\\.commands\$" "{\"max-length\":$MAX_LENGTH}")
+say "limiting the commands queue to $MAX_LENGTH messages (RabbitMQ policy)"
+if command -v rabbitmqctl >/dev/null 2>&1 && as_root rabbitmqctl -q "${policy[@]}" >/dev/null 2>&1; then :
+elif have_docker_engine && docker compose -f "$ROOT/deploy/compose.yaml" exec -T rabbitmq rabbitmqctl -q "${policy[@]}" >/dev/null 2>&1; then :
+else
+  echo "warning: could not set the policy (no rabbitmqctl here): the commands queue has no length limit" >&2
+fi
+
 if [ -z "${CIO_APP_API_KEY:-}" ]; then
-  SIM_ADDR=${SIM_ADDR:-127.0.0.1:9090}
+  SIM_ADDR=${SIM_ADDR:-127.0.0.1:9099}
   export CIO_APP_API_KEY=sim-app-key CIO_SITE_ID=sim-site CIO_TRACK_API_KEY=sim-track-key
   export CIO_APP_API_URL="http://$SIM_ADDR" CIO_TRACK_API_URL="http://$SIM_ADDR"
   say "no CIO_APP_API_KEY set: starting the Customer.io simulator on $SIM_ADDR with demo contacts"
@@ -63,7 +74,8 @@ if [ -z "${CIO_APP_API_KEY:-}" ]; then
 fi
 
 export INGRESS_ADDR=${INGRESS_ADDR:-127.0.0.1:8080}
-say "starting the ingress on $INGRESS_ADDR"
+export INGRESS_ADMIN_ADDR=${INGRESS_ADMIN_ADDR:-127.0.0.1:9090}
+say "starting the ingress on $INGRESS_ADDR (readiness and metrics on $INGRESS_ADMIN_ADDR)"
 nohup "$BIN/ingress" > "$RUN/ingress.log" 2>&1 &
 echo $! > "$RUN/ingress.pid"
 
@@ -89,10 +101,10 @@ CONSOLE_URL="http://$CONSOLE_ADDR"
 
 URL="http://$INGRESS_ADDR"
 for _ in $(seq 60); do
-  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
+  if curl -fsS "http://$INGRESS_ADMIN_ADDR/readyz" >/dev/null 2>&1; then break; fi
   sleep 1
 done
-curl -fsS "$URL/readyz" >/dev/null || { echo "the ingress did not become ready; see $RUN/ingress.log" >&2; exit 1; }
+curl -fsS "http://$INGRESS_ADMIN_ADDR/readyz" >/dev/null || { echo "the ingress did not become ready; see $RUN/ingress.log" >&2; exit 1; }
 for i in 1 2; do
   for _ in $(seq 60); do
     curl -fsS "http://127.0.0.1:$((9090 + i + 1))/readyz" >/dev/null 2>&1 && break
@@ -109,7 +121,8 @@ curl -fsS "$CONSOLE_URL/healthz" >/dev/null || { echo "the console did not start
 
 cat <<MSG
 
-cio-sync is running: ingress $URL, workers on 127.0.0.1:9092 and :9093 (metrics, health).
+cio-sync is running: ingress $URL (metrics, readiness: http://$INGRESS_ADMIN_ADDR), workers on
+127.0.0.1:9092 and :9093 (metrics, health).
 Logs: $RUN/*.log — stop with deploy/local/stop.sh
 
 Create a user from the demo contact jane@example.com, as a Customer.io journey would:

@@ -10,6 +10,14 @@
 //! at-least-once strategy (which needs `x-overflow=reject-publish`) so that a message crossing to
 //! `{ns}.dead` is never dropped, and its delivery limit parks a message that crashes every worker.
 //! Retry tiers are one queue per delay, because RabbitMQ only expires messages at a queue's head.
+//!
+//! The commands queue's length limit is deliberately not a declaration argument: arguments can
+//! never change on an existing queue (declaring different ones fails with PRECONDITION_FAILED and
+//! would stop every binary of a deployment whose queue predates them, and every binary whose
+//! configured value differs), while a `max-length` policy applies to existing queues at once, can
+//! be changed without draining, and behaves alike on RabbitMQ 3.10 and 4.x. The declared
+//! `x-overflow=reject-publish` makes the broker refuse (nack) publishes past that limit, which the
+//! ingress answers with 503 and `Retry-After`. [`length_limit_policy`] gives the policy.
 
 use std::time::Duration;
 
@@ -122,6 +130,25 @@ impl Names {
     pub fn all_exchanges(&self) -> Vec<String> {
         vec![self.commands_exchange(), self.dead_exchange(), self.retry_exchange()]
     }
+}
+
+/// The RabbitMQ policy that limits the commands queue to `max_length` messages: its name, the
+/// pattern matching exactly the namespace's commands queue, and the definition, as given to
+/// `rabbitmqctl set_policy --apply-to queues NAME PATTERN DEFINITION`.
+pub fn length_limit_policy(names: &Names, max_length: u64) -> (String, String, String) {
+    let escaped: String = names
+        .commands_queue()
+        .chars()
+        .flat_map(|c| {
+            let special = !(c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            special.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect();
+    (
+        format!("{}-commands-limit", names.namespace()),
+        format!("^{escaped}$"),
+        format!("{{\"max-length\":{max_length}}}"),
+    )
 }
 
 /// Picks the retry tier for a delay: the shortest tier at least as long as `wanted`.
@@ -273,6 +300,14 @@ mod tests {
         assert_eq!(n.dead_queue(), "acme.dead");
         assert_eq!(n.retry_queue("10s.b"), "acme.retry.10s.b");
         assert_eq!(n.all_queues().len(), 2 + 15);
+    }
+
+    #[test]
+    fn the_length_limit_policy_matches_exactly_the_commands_queue() {
+        let (name, pattern, definition) = length_limit_policy(&Names::new("cio.sync"), 1000);
+        assert_eq!(name, "cio.sync-commands-limit");
+        assert_eq!(pattern, r"^cio\.sync\.commands$");
+        assert_eq!(definition, r#"{"max-length":1000}"#);
     }
 
     #[test]

@@ -13,15 +13,18 @@ use testkit::{
 async fn real_binaries_turn_a_webhook_into_a_user_and_stop_cleanly() {
     let env = TestEnv::new().await;
     env.simh.add_person("bin@example.com", json!({"First Name": "Bin"}));
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let mut ingress = Proc::spawn(
         "ingress",
         &[],
         &[
             ("ACCESS_KEYS", format!("{ACCESS_KEY},second-key-000")),
             ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
+            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
             ("AMQP_URL", amqp_url()),
             ("AMQP_NAMESPACE", env.namespace.clone()),
+            // The per-webhook "webhook queued" line is at debug.
+            ("RUST_LOG", "info,ingress=debug".into()),
         ],
     );
     let mut worker = Proc::spawn("worker", &["run"], &worker_env(&env));
@@ -29,7 +32,7 @@ async fn real_binaries_turn_a_webhook_into_a_user_and_stop_cleanly() {
     let client = reqwest::Client::new();
     testkit::wait_until("ingress ready", Duration::from_secs(30), || {
         let c = client.clone();
-        let u = format!("{url}/readyz");
+        let u = format!("http://127.0.0.1:{admin}/readyz");
         async move { c.get(u).send().await.ok().filter(|r| r.status() == 200) }
     })
     .await;

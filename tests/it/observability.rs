@@ -18,16 +18,19 @@ async fn scrape(url: &str) -> String {
 async fn metrics_logs_and_redaction_after_real_traffic() {
     let env = TestEnv::new().await;
     env.simh.add_person("obs@example.com", json!({"First Name": "Obs"}));
-    let (iport, wport) = (free_port(), free_port());
+    let (iport, iadmin, wport) = (free_port(), free_port(), free_port());
     let mut ingress = Proc::spawn(
         "ingress",
         &[],
         &[
             ("ACCESS_KEYS", ACCESS_KEY.to_string()),
             ("INGRESS_ADDR", format!("127.0.0.1:{iport}")),
+            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{iadmin}")),
             ("AMQP_URL", amqp_url()),
             ("AMQP_NAMESPACE", env.namespace.clone()),
             ("LOG_FORMAT", "json".into()),
+            // The per-webhook "webhook queued" line is at debug.
+            ("RUST_LOG", "info,ingress=debug".into()),
         ],
     );
     let mut vars = worker_env(&env);
@@ -40,7 +43,8 @@ async fn metrics_logs_and_redaction_after_real_traffic() {
     ]);
     let mut worker = Proc::spawn("worker", &["run"], &vars);
     let (iurl, wurl) = (format!("http://127.0.0.1:{iport}"), format!("http://127.0.0.1:{wport}"));
-    for u in [&iurl, &wurl] {
+    let iadmin_url = format!("http://127.0.0.1:{iadmin}");
+    for u in [&iadmin_url, &wurl] {
         wait_until("ready", Duration::from_secs(30), || async {
             reqwest::get(format!("{u}/readyz"))
                 .await
@@ -73,13 +77,13 @@ async fn metrics_logs_and_redaction_after_real_traffic() {
     })
     .await;
 
-    let im = scrape(&format!("{iurl}/metrics")).await;
+    let im = scrape(&format!("{iadmin_url}/metrics")).await;
     assert!(
-        im.contains(r#"cio_ingress_requests_total{action="add",status="200"} 1"#),
+        im.contains(r#"cio_ingress_requests_total{action="add",status="200",key_label=""} 1"#),
         "{im}"
     );
     assert!(
-        im.contains(r#"cio_ingress_requests_total{action="none",status="403"} 1"#),
+        im.contains(r#"cio_ingress_requests_total{action="none",status="403",key_label=""} 1"#),
         "{im}"
     );
     assert!(im.contains("cio_ingress_publish_seconds_count 1"), "{im}");

@@ -37,6 +37,13 @@ pub fn init_logging() {
     });
 }
 
+/// Where an in-process ingress listens: webhooks and `/healthz`, and the operator port.
+#[derive(Debug, Clone)]
+pub struct IngressUrls {
+    pub public: String,
+    pub admin: String,
+}
+
 pub struct TestEnv {
     pub db_name: String,
     pub database_url: String,
@@ -104,11 +111,16 @@ impl TestEnv {
 
     pub fn ingress_settings(&self) -> ingress::Settings {
         ingress::Settings {
-            access_keys: vec![SecretString::from(ACCESS_KEY), SecretString::from("rotated-key-4567")],
+            access_keys: vec![
+                ingress::auth::AccessKey::unlabelled(ACCESS_KEY),
+                ingress::auth::AccessKey::unlabelled("rotated-key-4567"),
+            ],
             addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
             amqp: self.amqp(),
             log_format: "text".into(),
             shutdown_grace: Duration::from_secs(5),
+            limits: ingress::Limits::default(),
         }
     }
 
@@ -153,31 +165,49 @@ impl TestEnv {
         s
     }
 
-    /// Starts the real ingress in-process on a free port; returns its base URL.
+    /// Starts the real ingress in-process on a free port; returns its public base URL.
     pub async fn start_ingress(&mut self) -> String {
         self.start_ingress_with(self.ingress_settings()).await
     }
 
     pub async fn start_ingress_with(&mut self, settings: ingress::Settings) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let stop = token.clone();
-        let handle = tokio::spawn(async move {
-            ingress::serve(listener, settings, async move { stop.cancelled().await })
-                .await
-                .expect("ingress runs");
-        });
-        self.tasks.push((token, handle));
-        let url = format!("http://{addr}");
+        self.start_ingress_at(settings).await.public
+    }
+
+    /// Starts the real ingress in-process on free loopback ports (public and admin) and waits
+    /// until its admin port says it is ready.
+    pub async fn start_ingress_at(&mut self, settings: ingress::Settings) -> IngressUrls {
+        let urls = self.spawn_ingress(settings).await;
         let client = reqwest::Client::new();
         crate::wait_until("ingress ready", Duration::from_secs(20), || {
             let c = client.clone();
-            let u = format!("{url}/readyz");
+            let u = format!("{}/readyz", urls.admin);
             async move { c.get(u).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
         })
         .await;
-        url
+        urls
+    }
+
+    /// Starts the real ingress in-process without waiting for it to be ready (e.g. no broker).
+    pub async fn spawn_ingress(&mut self, settings: ingress::Settings) -> IngressUrls {
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = public.local_addr().unwrap();
+        let admin_addr: SocketAddr = admin.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            ingress::serve(ingress::Listeners { public, admin }, settings, async move {
+                stop.cancelled().await
+            })
+            .await
+            .expect("ingress runs");
+        });
+        self.tasks.push((token, handle));
+        IngressUrls {
+            public: format!("http://{addr}"),
+            admin: format!("http://{admin_addr}"),
+        }
     }
 
     /// Builds the context of a worker without consuming (for tests that call `sync::handle`).

@@ -1,21 +1,38 @@
 //! Unit tests of the request rules, one per row of DESIGN §2's input table.
 
 use super::*;
+use crate::auth::AccessKey;
 use axum::http::{header, HeaderValue};
 
 const KEY: &str = "test-access-key";
 
 fn keys() -> AccessKeys {
-    AccessKeys::new(vec![KEY.to_string().into(), "second-key-99".to_string().into()])
+    AccessKeys::new(vec![
+        AccessKey::unlabelled(KEY),
+        AccessKey::labelled("crm", "second-key-99"),
+    ])
 }
 
-fn run(query: &str, headers: HeaderMap, body: &str) -> Result<Parsed, Rejection> {
+fn accept(query: &str, headers: HeaderMap, body: &str) -> Result<Accepted, Rejection> {
     let input = Input {
         query: Some(query),
         headers: &headers,
         body: body.as_bytes(),
     };
     parse(&input, &keys(), Uuid::nil(), Utc::now())
+}
+
+fn run(query: &str, headers: HeaderMap, body: &str) -> Result<Parsed, Rejection> {
+    accept(query, headers, body).map(|a| a.parsed)
+}
+
+fn form() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    h
 }
 
 fn json() -> HeaderMap {
@@ -64,14 +81,9 @@ fn key_is_accepted_from_query_form_header_and_bearer() {
     let mut h = json();
     h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer second-key-99"));
     assert!(run("wpf_action=update", h, body).is_ok());
-    let mut form = HeaderMap::new();
-    form.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
     let c = cmd(run(
         "",
-        form,
+        form(),
         &format!("wpf_action=update_tags&access_key={KEY}&contact_id=a%40b.co"),
     ));
     assert_eq!(c.contact.email, "a@b.co");
@@ -242,4 +254,86 @@ fn rejections_do_not_echo_the_request() {
         r#"{"email":"secret-value"}"#,
     ));
     assert!(!text.contains("secret-value") && !text.contains(KEY), "{text}");
+}
+
+#[test]
+fn the_label_of_the_key_used_comes_with_the_request() {
+    let body = r#"{"email":"a@b.co"}"#;
+    let a = accept("wpf_action=update&access_key=second-key-99", json(), body).unwrap();
+    assert_eq!(keys().label(a.label), "crm");
+    let a = accept(&format!("wpf_action=update&access_key={KEY}"), json(), body).unwrap();
+    assert_eq!(a.label, LabelId::NONE);
+}
+
+#[test]
+fn the_key_may_be_the_password_of_basic_auth() {
+    // https://journey:second-key-99@host/ → Authorization: Basic base64("journey:second-key-99")
+    let mut h = json();
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic am91cm5leTpzZWNvbmQta2V5LTk5"),
+    );
+    let a = accept("wpf_action=update", h, r#"{"email":"a@b.co"}"#).unwrap();
+    assert_eq!(keys().label(a.label), "crm");
+}
+
+#[test]
+fn several_distinct_keys_are_refused_even_when_one_is_valid() {
+    let body = r#"{"email":"a@b.co"}"#;
+    let several = Err(Rejection::BadRequest(SEVERAL_KEYS.into()));
+    assert_eq!(
+        run(
+            &format!("wpf_action=update&access_key={KEY}&access_key=second-key-99"),
+            json(),
+            body
+        ),
+        several
+    );
+    let mut h = json();
+    h.insert("x-access-key", HeaderValue::from_static("second-key-99"));
+    assert_eq!(run(&format!("wpf_action=update&access_key={KEY}"), h, body), several);
+    // The same key twice is one key.
+    let mut h = json();
+    h.insert("x-access-key", HeaderValue::from_static(KEY));
+    assert!(run(&format!("wpf_action=update&access_key={KEY}"), h, body).is_ok());
+    // A form body offering another key than the query's.
+    assert_eq!(
+        run(
+            &format!("access_key={KEY}"),
+            form(),
+            "wpf_action=update&access_key=second-key-99&email=a%40b.co"
+        ),
+        several
+    );
+}
+
+#[test]
+fn a_key_in_the_head_is_judged_before_the_body() {
+    let k = keys();
+    let h = json();
+    // Wrong key: refused by the head alone.
+    assert!(matches!(
+        head(Some("access_key=wrong-key-000"), &h, &k),
+        Err(Rejection::Forbidden)
+    ));
+    // No key and a body that cannot carry one (not a form): refused by the head alone.
+    assert!(matches!(
+        head(Some("wpf_action=add"), &h, &k),
+        Err(Rejection::Forbidden)
+    ));
+    // No key but a form body: the body is needed.
+    assert!(head(Some("wpf_action=add"), &form(), &k).is_ok());
+    // A valid key passes the head whatever the body turns out to be.
+    let h2 = json();
+    let q = format!("access_key={KEY}&wpf_action=add");
+    let hd = head(Some(&q), &h2, &k).unwrap();
+    assert!(matches!(
+        finish(hd, b"{not json", &k, Uuid::nil(), Utc::now()),
+        Err(Rejection::BadRequest(m)) if m.contains("not valid JSON")
+    ));
+}
+
+#[test]
+fn bad_json_from_a_caller_without_a_key_is_forbidden_not_described() {
+    assert_eq!(run("wpf_action=add", json(), "{not json"), Err(Rejection::Forbidden));
 }

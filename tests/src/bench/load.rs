@@ -28,6 +28,24 @@ impl Run {
     pub fn per_second(&self) -> f64 {
         (self.count - self.failures) as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Several runs of the same load as one: counts and times added, latencies pooled.
+    pub fn merge(runs: Vec<Run>) -> Run {
+        let mut all = Run {
+            count: 0,
+            failures: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        };
+        for r in runs {
+            all.count += r.count;
+            all.failures += r.failures;
+            all.elapsed += r.elapsed;
+            all.latencies.extend(r.latencies);
+        }
+        all.latencies.sort();
+        all
+    }
 }
 
 /// Sends `total` webhooks (`wpf_action=<action>` for `email_of(i)`) over `connections` kept-alive

@@ -4,7 +4,9 @@
 //! figures beside their targets:
 //!
 //! 1. ingress: accepted webhooks/s and p50/p99 at N connections, beside the broker's own ceiling
-//!    (confirmed, persistent, mandatory publishes of the same command, same queue kind, same concurrency);
+//!    (confirmed, persistent, mandatory publishes of the same command, same queue kind, same
+//!    concurrency), in alternating rounds so that both see the same shared machine; and the
+//!    ingress's CPU time per webhook;
 //! 2. worker, simulator unthrottled: `update` syncs/s over distinct contacts with 2 workers, beside
 //!    the figure of the pipeline it replaced;
 //! 3. worker, simulator at 10 req/s: time to drain a burst of `update` webhooks over 20 segments,
@@ -121,15 +123,16 @@ pub async fn run(o: Options) -> Report {
     r
 }
 
-/// Starts the release ingress against `env`; returns the process and its URL.
+/// Starts the release ingress against `env`; returns the process and its public URL.
 async fn start_ingress(env: &TestEnv) -> (Proc, String) {
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let p = Proc::spawn(
         "ingress",
         &[],
         &[
             ("ACCESS_KEYS", ACCESS_KEY.to_string()),
             ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
+            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ("AMQP_URL", crate::env::amqp_url()),
             ("AMQP_NAMESPACE", env.namespace.clone()),
             ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
@@ -138,7 +141,7 @@ async fn start_ingress(env: &TestEnv) -> (Proc, String) {
     let url = format!("http://127.0.0.1:{port}");
     let c = reqwest::Client::new();
     crate::wait_until("the ingress to be ready", Duration::from_secs(30), || {
-        let (c, u) = (c.clone(), format!("{url}/readyz"));
+        let (c, u) = (c.clone(), format!("http://127.0.0.1:{admin_port}/readyz"));
         async move { c.get(u).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
     })
     .await;

@@ -32,6 +32,17 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     peak_rss_kib(pid).map(|k| k / 1024.0)
 }
 
+/// CPU time (user + system) a process has used so far, from /proc (clock ticks of 1/100 s,
+/// the value on Linux x86-64 and arm64).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start with the state (field 3).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// "2 × AMD EPYC …, 24 GiB" from /proc.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -59,6 +70,12 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_of_this_process_is_read() {
+        let spent = cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        assert!(spent >= 0.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
