@@ -12,3 +12,4 @@ mod pipeline;
 mod simulator;
 mod snapshot;
 mod throughput;
+mod trust;
