@@ -16,9 +16,9 @@ impl Email {
         &self.0
     }
 
-    /// The address folded for comparison (addresses match case-insensitively).
+    /// The address folded for comparison (addresses match case-insensitively); see [`fold`].
     pub fn folded(&self) -> String {
-        self.0.to_lowercase()
+        fold(&self.0)
     }
 }
 
@@ -45,6 +45,13 @@ impl PartialEq<&str> for Email {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
     }
+}
+
+/// Folds an address (or a username) for comparison: Unicode lower case. The database folds with
+/// `fold_email()` (ICU's root locale), which gives the same result whatever the collation, so a
+/// non-ASCII address matches the same user in Rust and in SQL.
+pub fn fold(s: &str) -> String {
+    s.to_lowercase()
 }
 
 /// Checks that `raw` looks like a deliverable address and returns it trimmed.

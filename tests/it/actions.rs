@@ -395,7 +395,9 @@ async fn update_tags_without_a_user_spends_no_api_call() {
 #[tokio::test]
 async fn unknown_contact_is_contact_not_found() {
     let env = TestEnv::new().await;
-    let w = env.worker(env.worker_settings()).await;
+    let mut s = env.worker_settings();
+    s.not_found_attempts = 1; // no retries for a 404
+    let w = env.worker(s).await;
     let c = cmd(Action::Add, "ghost@example.com");
     assert_eq!(run(&w, &c).await, Outcome::ContactNotFound);
     assert!(users(&env).await.is_empty());

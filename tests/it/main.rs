@@ -16,3 +16,4 @@ mod pipeline;
 mod simulator;
 mod snapshot;
 mod throughput;
+mod trust;

@@ -187,6 +187,7 @@ async fn run_world(batch_size: usize) -> (String, usize, Vec<String>) {
     )
     .unwrap();
     s.batch_size = batch_size;
+    s.not_found_attempts = 1; // the missing contact ends at once
     s.app_rate_limit = 1000.0;
     let url = env.start_ingress().await;
     let mut ids = Vec::new();

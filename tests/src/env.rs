@@ -151,7 +151,9 @@ impl TestEnv {
             log_format: "text".into(),
             shutdown_grace: Duration::from_secs(5),
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            outbox_max_attempts: 8,
+            outbox_give_up_after: Duration::from_secs(24 * 3600),
+            sync_email_changes: true,
+            not_found_attempts: worker::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: worker::sync::snapshot::DEFAULT_MAX_MEMBERS,
         }
     }

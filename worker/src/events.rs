@@ -1,7 +1,7 @@
 //! The per-event log buffer: the ordered, human-readable lines of one webhook, in the spirit of
 //! WP Fusion's logs, gathered while it is processed and written with its outcome (`sync::ledger`).
-//! Every line is also emitted through `tracing` with the event id, so process logs and the table
-//! tell the same story. Nothing secret is ever passed here: callers log what happened, never a
+//! Every line is also emitted through `tracing` with the event id at `debug` (the lines name people
+//! and their attributes); at `info` the process log carries ids, not addresses or values. Nothing secret is ever passed here: callers log what happened, never a
 //! password or a key.
 
 use chrono::{DateTime, Utc};
@@ -56,10 +56,13 @@ impl EventLog {
     pub fn push(&mut self, level: Level, message: impl Into<String>, context: Option<Value>) {
         let message = message.into();
         let id = self.event_id;
+        // Lines name people (addresses, attribute values): the process log gets them at debug
+        // only; at info and above it says that an event has a warning or error, by id.
+        tracing::debug!(event_id = %id, level = level.as_str(), "{message}");
         match level {
-            Level::Info | Level::Notice => tracing::info!(event_id = %id, "{message}"),
-            Level::Warning => tracing::warn!(event_id = %id, "{message}"),
-            Level::Error => tracing::error!(event_id = %id, "{message}"),
+            Level::Info | Level::Notice => {}
+            Level::Warning => tracing::warn!(event_id = %id, "event log has a warning (worker events show {id})"),
+            Level::Error => tracing::error!(event_id = %id, "event log has an error (worker events show {id})"),
         }
         self.lines.push(Line {
             at: Utc::now(),

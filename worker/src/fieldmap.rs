@@ -136,6 +136,26 @@ impl FieldMap {
         out
     }
 
+    /// Refuses a map that would copy the attribute receiving generated passwords
+    /// (`RETURN_PASSWORD_FIELD`) into anything but `user_pass`: a password must never land in a
+    /// user's fields or meta, nor in the event log that lists loaded values.
+    pub fn check_password_field(&self, password_field: &str) -> Result<(), String> {
+        match self
+            .entries
+            .iter()
+            .find(|(attr, t)| attr == password_field && *t != Target::Field(UserField::UserPass))
+        {
+            None => Ok(()),
+            Some((attr, t)) => Err(format!(
+                "maps {attr:?}, the RETURN_PASSWORD_FIELD attribute, to {}; it may only map to user_pass",
+                match t {
+                    Target::Field(f) => format!("{f:?}"),
+                    Target::Meta(k) => format!("user_meta {k:?}"),
+                }
+            )),
+        }
+    }
+
     /// Whether a password attribute is mapped at all (`user_pass`).
     pub fn maps(&self, field: UserField) -> bool {
         self.entries.iter().any(|(_, t)| *t == Target::Field(field))

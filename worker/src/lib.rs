@@ -87,6 +87,12 @@ impl Worker {
             ),
             Some(false) => {}
         }
+        if let Some(pr) = &settings.password_return {
+            settings
+                .field_map
+                .check_password_field(&pr.field)
+                .map_err(|p| anyhow::anyhow!("configuration error: FIELD_MAP_FILE {p}"))?;
+        }
         let limiter = Arc::new(RateLimiter::shared(
             pool.clone(),
             ratelimit::APP_API_KEY,
@@ -106,11 +112,13 @@ impl Worker {
             password_length: settings.password_length,
             password_return: settings.password_return.clone(),
             mail_enabled: mailer.is_some(),
+            email_changes: settings.sync_email_changes,
             outbox_wakeup: wakeup.clone(),
             snapshots: sync::snapshot::Snapshots::new(settings.snapshot_max_members),
             hasher: Default::default(),
             parallel: settings.concurrency,
             max_attempts: settings.max_attempts,
+            not_found_attempts: settings.not_found_attempts,
         });
         let publisher = Publisher::new(&settings.amqp, "cio-sync worker (retries)");
         let consumer = Arc::new(Consumer {
@@ -128,7 +136,7 @@ impl Worker {
             cio,
             mailer,
             password_return: settings.password_return.clone(),
-            max_attempts: settings.outbox_max_attempts,
+            give_up_after: settings.outbox_give_up_after,
             wakeup,
         });
         Ok(Self {

@@ -9,6 +9,10 @@ use lettre::{
 use shared::config::{self, ConfigError};
 
 pub const DEFAULT_SUBJECT: &str = "Your account is ready";
+/// The notice to the old address after the login e-mail changed (built in; same placeholders,
+/// `{email}` being the old address). It does not name the new address.
+pub const NOTICE_SUBJECT: &str = "Your login e-mail was changed";
+pub const NOTICE_BODY: &str = "Hello,\n\nthe login e-mail of your account {username} was changed.\nThis address ({email}) no longer signs in.\n\nIf you did not ask for this change, contact us at once.\n\nLog in here: {login_url}\n";
 pub const DEFAULT_BODY: &str = "Hello,\n\nan account has been created for you.\n\nUsername: {username}\nLog in here: {login_url}\n\nIf you have not set a password yet, use \"Forgot password\" on that page.\n";
 
 #[derive(Clone, Debug)]
@@ -115,12 +119,22 @@ impl Mailer {
     }
 
     pub async fn send_welcome(&self, to: &str, username: &str) -> Result<(), MailError> {
+        self.send(to, username, &self.templates.subject, &self.templates.body)
+            .await
+    }
+
+    /// Tells the old address that the login e-mail changed.
+    pub async fn send_email_change_notice(&self, to: &str, username: &str) -> Result<(), MailError> {
+        self.send(to, username, NOTICE_SUBJECT, NOTICE_BODY).await
+    }
+
+    async fn send(&self, to: &str, username: &str, subject: &str, body: &str) -> Result<(), MailError> {
         let to_box: Mailbox = to.parse().map_err(|_| MailError {
             transient: false,
             message: format!("{to} is not a valid recipient"),
         })?;
-        let subject = Templates::render(&self.templates.subject, username, to, &self.login_url);
-        let body = Templates::render(&self.templates.body, username, to, &self.login_url);
+        let subject = Templates::render(subject, username, to, &self.login_url);
+        let body = Templates::render(body, username, to, &self.login_url);
         let msg = Message::builder()
             .from(self.from.clone())
             .to(to_box)

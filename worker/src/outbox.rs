@@ -1,12 +1,18 @@
-//! Delivery of the outbox (DESIGN §1, §4): the password return and the welcome e-mail, written in
-//! the same transaction as the new user and delivered here by any number of workers.
+//! Delivery of the outbox: the password return, the welcome e-mail and the notice of an e-mail
+//! change, written in the same transaction as the user and delivered here by any number of workers.
+//! A worker claims only the kinds it can deliver (the password return needs it configured, mails
+//! need SMTP), so a worker without them never gives a row up that another one could deliver.
 //!
 //! A row is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that stays open while it
 //! is delivered: two workers never send the same row, and a worker killed mid-delivery drops its
 //! connection, which releases the row for another attempt (nothing lost). Transient failures are
-//! rescheduled with exponential backoff and jitter (a 429's Retry-After wins); a permanent failure
-//! or the last attempt makes the row `dead`, which `worker outbox replay` puts back. The password
-//! is erased from the row once Customer.io has it, and never logged.
+//! rescheduled with exponential backoff and jitter (a 429's Retry-After wins) for as long as the row
+//! is younger than `OUTBOX_GIVE_UP_AFTER` (default 24 h), so a long outage of Customer.io or the
+//! SMTP server loses nothing; a permanent failure, or a retry that would fall after that age, makes
+//! the row `dead`, which `worker outbox replay` puts back (and restarts its age). The password is
+//! erased from the row once Customer.io has it, and never logged. It is returned to the person by
+//! `cio_<id>` when the user's cio_id is known, so an e-mail change before delivery cannot send it
+//! to whoever has the old address.
 //!
 //! Delivery is at least once: a worker killed after Customer.io (or the SMTP server) accepted a
 //! row but before its commit leaves the row pending, and another worker sends it again. For the
@@ -36,6 +42,8 @@ pub enum OutboxKind {
     PasswordReturn,
     /// The welcome e-mail with the username and a login link (SMTP).
     WelcomeEmail,
+    /// The notice to the old address after the login e-mail changed (SMTP).
+    EmailChangeNotice,
 }
 
 impl OutboxKind {
@@ -43,18 +51,23 @@ impl OutboxKind {
         match self {
             OutboxKind::PasswordReturn => "password_return",
             OutboxKind::WelcomeEmail => "welcome_email",
+            OutboxKind::EmailChangeNotice => "email_change_notice",
         }
     }
 
     pub fn parse(s: &str) -> Option<OutboxKind> {
-        [OutboxKind::PasswordReturn, OutboxKind::WelcomeEmail]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            OutboxKind::PasswordReturn,
+            OutboxKind::WelcomeEmail,
+            OutboxKind::EmailChangeNotice,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
-/// Password return settings (`RETURN_PASSWORD_FIELD` and `SECRETS_KEY`): the Customer.io
-/// attribute that receives generated passwords, and the key sealing them until delivered.
+/// Password return settings (`RETURN_PASSWORD_FIELD` and `SECRETS_KEYS`): the Customer.io
+/// attribute that receives generated passwords, and the keys sealing them until delivered.
 #[derive(Clone)]
 pub struct PasswordReturn {
     pub field: String,
@@ -66,7 +79,8 @@ pub struct Outbox {
     pub cio: CioClient,
     pub mailer: Option<Mailer>,
     pub password_return: Option<PasswordReturn>,
-    pub max_attempts: i32,
+    /// Age after which an undelivered row is given up (`dead`).
+    pub give_up_after: Duration,
     pub wakeup: Arc<Notify>,
 }
 
@@ -79,6 +93,10 @@ struct Row {
     recipient: String,
     secret: Option<Vec<u8>>,
     attempts: i32,
+    /// The user's cio_id now (the password return addresses the person by it).
+    cio_id: Option<String>,
+    /// Seconds since the row became pending.
+    age: f64,
 }
 
 /// What became of one delivery attempt.
@@ -144,14 +162,34 @@ impl Outbox {
         }
     }
 
-    /// Claims and delivers one due row; `Ok(false)` when none is due.
+    /// The kinds this worker can deliver.
+    pub fn deliverable(&self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.password_return.is_some() {
+            kinds.push(OutboxKind::PasswordReturn.as_str());
+        }
+        if self.mailer.is_some() {
+            kinds.push(OutboxKind::WelcomeEmail.as_str());
+            kinds.push(OutboxKind::EmailChangeNotice.as_str());
+        }
+        kinds
+    }
+
+    /// Claims and delivers one due row this worker can deliver; `Ok(false)` when none is due.
     pub async fn deliver_next(&self) -> Result<bool, sqlx::Error> {
+        let kinds = self.deliverable();
+        if kinds.is_empty() {
+            return Ok(false);
+        }
         let mut tx = self.pool.begin().await?;
         let row: Option<Row> = sqlx::query_as(
-            "select id, kind, user_id, event_id, recipient, secret, attempts from outbox
-             where status = 'pending' and next_attempt_at <= now()
-             order by next_attempt_at, id limit 1 for update skip locked",
+            "select o.id, o.kind, o.user_id, o.event_id, o.recipient, o.secret, o.attempts, u.cio_id,
+                    extract(epoch from clock_timestamp() - o.pending_since)::float8 as age
+             from outbox o left join users u on u.id = o.user_id
+             where o.status = 'pending' and o.next_attempt_at <= now() and o.kind = any($1)
+             order by o.next_attempt_at, o.id limit 1 for update of o skip locked",
         )
+        .bind(&kinds)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -160,7 +198,9 @@ impl Outbox {
         };
         let result = match OutboxKind::parse(&row.kind) {
             Some(OutboxKind::PasswordReturn) => self.return_password(&row).await,
-            Some(OutboxKind::WelcomeEmail) => self.send_welcome(&mut tx, &row).await?,
+            Some(kind @ (OutboxKind::WelcomeEmail | OutboxKind::EmailChangeNotice)) => {
+                self.send_mail(&mut tx, &row, kind).await?
+            }
             None => Delivery::Dead(format!("unknown outbox kind {}", row.kind)),
         };
         let counted = self.record(&mut tx, &row, result).await?;
@@ -184,10 +224,12 @@ impl Outbox {
         let mut body = serde_json::Map::new();
         body.insert(pr.field.clone(), json!(password.expose_secret()));
         body.insert("_update".into(), json!(true));
-        let result = self
-            .cio
-            .identify(&row.recipient, &serde_json::Value::Object(body))
-            .await;
+        // By cio_id when known: the person keeps it through e-mail changes.
+        let person = match &row.cio_id {
+            Some(id) => format!("cio_{id}"),
+            None => row.recipient.clone(),
+        };
+        let result = self.cio.identify(&person, &serde_json::Value::Object(body)).await;
         match result {
             Ok(()) => Delivery::Sent,
             Err(e) if e.is_transient() => Delivery::Retry {
@@ -198,9 +240,14 @@ impl Outbox {
         }
     }
 
-    async fn send_welcome(&self, tx: &mut Transaction<'_, Postgres>, row: &Row) -> Result<Delivery, sqlx::Error> {
+    async fn send_mail(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        row: &Row,
+        kind: OutboxKind,
+    ) -> Result<Delivery, sqlx::Error> {
         let Some(mailer) = &self.mailer else {
-            return Ok(Delivery::Dead("welcome e-mail is off (SMTP_URL is not set)".into()));
+            return Ok(Delivery::Dead("e-mail is off (SMTP_URL is not set)".into()));
         };
         let username: Option<String> = sqlx::query_scalar("select username from users where id = $1")
             .bind(row.user_id)
@@ -209,7 +256,11 @@ impl Outbox {
         let Some(username) = username else {
             return Ok(Delivery::Dead("the user no longer exists".into()));
         };
-        Ok(match mailer.send_welcome(&row.recipient, &username).await {
+        let sent = match kind {
+            OutboxKind::EmailChangeNotice => mailer.send_email_change_notice(&row.recipient, &username).await,
+            _ => mailer.send_welcome(&row.recipient, &username).await,
+        };
+        Ok(match sent {
             Ok(()) => Delivery::Sent,
             Err(e) if e.transient => Delivery::Retry {
                 after: backoff(row.attempts),
@@ -227,11 +278,14 @@ impl Outbox {
         result: Delivery,
     ) -> Result<&'static str, sqlx::Error> {
         let attempts = row.attempts + 1;
-        let what = if row.kind == OutboxKind::PasswordReturn.as_str() {
-            "the generated password to Customer.io"
-        } else {
-            "the welcome e-mail"
+        let kind = OutboxKind::parse(&row.kind);
+        let what = match kind {
+            Some(OutboxKind::PasswordReturn) => "the generated password to Customer.io",
+            Some(OutboxKind::EmailChangeNotice) => "the notice of the e-mail change",
+            _ => "the welcome e-mail",
         };
+        // A retry is scheduled only if it falls before the row's give-up age.
+        let retry_in_time = |after: &Duration| row.age + after.as_secs_f64() < self.give_up_after.as_secs_f64();
         let (level, message) = match &result {
             Delivery::Sent => {
                 sqlx::query(
@@ -242,14 +296,13 @@ impl Outbox {
                 .bind(attempts)
                 .execute(&mut **tx)
                 .await?;
-                let m = if row.kind == OutboxKind::PasswordReturn.as_str() {
-                    "Returned generated password to Customer.io".to_string()
-                } else {
-                    format!("Sent the welcome e-mail to {}", row.recipient)
+                let m = match kind {
+                    Some(OutboxKind::PasswordReturn) => "Returned generated password to Customer.io".to_string(),
+                    _ => format!("Sent {what} to {}", row.recipient),
                 };
                 (Level::Info, m)
             }
-            Delivery::Retry { after, error } if attempts < self.max_attempts => {
+            Delivery::Retry { after, error } if retry_in_time(after) => {
                 sqlx::query(
                     "update outbox set attempts = $2, last_error = $3, updated_at = clock_timestamp(),
                          next_attempt_at = clock_timestamp() + make_interval(secs => $4) where id = $1",
@@ -263,8 +316,7 @@ impl Outbox {
                 (
                     Level::Warning,
                     format!(
-                        "Could not send {what} (attempt {attempts} of {}): {error}; retrying in {:.1}s",
-                        self.max_attempts,
+                        "Could not send {what} (attempt {attempts}): {error}; retrying in {:.1}s",
                         after.as_secs_f64()
                     ),
                 )
@@ -282,7 +334,11 @@ impl Outbox {
                 let why = if matches!(result, Delivery::Dead(_)) {
                     format!("Could not send {what}: {error}. This is not retried automatically")
                 } else {
-                    format!("Gave up sending {what} after {attempts} attempts: {error}")
+                    format!(
+                        "Gave up sending {what} after {attempts} attempts over {}s (OUTBOX_GIVE_UP_AFTER is {}s): {error}",
+                        row.age.round(),
+                        self.give_up_after.as_secs()
+                    )
                 };
                 (
                     Level::Error,
@@ -293,10 +349,18 @@ impl Outbox {
                 )
             }
         };
+        // The process log names the row at info; the readable line (addresses, remote error
+        // texts) is in the event log, and in the process log at debug.
+        tracing::debug!(event_id = %row.event_id, outbox_id = row.id, "{message}");
+        let (id, kind) = (row.event_id, row.kind.as_str());
         match level {
-            Level::Info | Level::Notice => tracing::info!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
-            Level::Warning => tracing::warn!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
-            Level::Error => tracing::error!(event_id = %row.event_id, outbox_id = row.id, "{message}"),
+            Level::Info | Level::Notice => {
+                tracing::info!(event_id = %id, outbox_id = row.id, kind, "outbox row delivered")
+            }
+            Level::Warning => {
+                tracing::warn!(event_id = %id, outbox_id = row.id, kind, attempts, "outbox delivery failed; retrying")
+            }
+            Level::Error => tracing::error!(event_id = %id, outbox_id = row.id, kind, attempts, "outbox row is dead"),
         }
         sqlx::query("insert into event_log (event_id, at, level, message) values ($1, clock_timestamp(), $2, $3)")
             .bind(row.event_id)
@@ -306,7 +370,7 @@ impl Outbox {
             .await?;
         Ok(match result {
             Delivery::Sent => "sent",
-            Delivery::Retry { .. } if attempts < self.max_attempts => "retry",
+            Delivery::Retry { after, .. } if retry_in_time(&after) => "retry",
             _ => "dead",
         })
     }
@@ -315,7 +379,8 @@ impl Outbox {
 /// Puts dead rows back to pending (all of them, or the given ids); returns how many.
 pub async fn replay(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
-        "update outbox set status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+        "update outbox set status = 'pending', attempts = 0, next_attempt_at = now(), pending_since = now(),
+             updated_at = now()
          where status = 'dead' and (cardinality($1::bigint[]) = 0 or id = any($1))",
     )
     .bind(ids)

@@ -38,8 +38,13 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub http_addr: SocketAddr,
-    /// Attempts of one outbox row (password return, welcome e-mail) before it is `dead`.
-    pub outbox_max_attempts: i32,
+    /// Age after which an undelivered outbox row (password return, mails) is `dead`.
+    pub outbox_give_up_after: Duration,
+    /// Whether a changed Customer.io e-mail changes the user's (`SYNC_EMAIL_CHANGES`).
+    pub sync_email_changes: bool,
+    /// Attempts of an `add`/`update` whose contact Customer.io answers 404 for, before the event
+    /// ends `contact_not_found` (not configurable from the environment; tests lower it).
+    pub not_found_attempts: u32,
     /// Segment memberships above which no membership snapshot is taken (contacts are read one by one).
     pub snapshot_max_members: usize,
 }
@@ -48,6 +53,48 @@ fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         problem: problem.into(),
+    }
+}
+
+/// A duration like `24h`, `90m`, `30s`, `2d`, or a number of seconds.
+fn duration_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = config::var(var) else { return Ok(default) };
+    let v = v.trim();
+    let (number, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n * scale)),
+        _ => Err(invalid(var, "must be a positive duration like 24h, 90m, 30s or 2d")),
+    }
+}
+
+fn flag_or(var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match config::var(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(invalid(var, "must be true or false")),
+    }
+}
+
+/// The keys sealing passwords until they are returned: `SECRETS_KEYS` (a ring of `id:key`, the
+/// first sealing), else `SECRETS_KEY` (one key).
+fn secrets() -> Result<SecretBox, ConfigError> {
+    if let Some(ring) = config::var("SECRETS_KEYS") {
+        return SecretBox::ring(&ring).map_err(|p| invalid("SECRETS_KEYS", p));
+    }
+    match config::var("SECRETS_KEY") {
+        Some(key) => SecretBox::from_base64(&key).map_err(|p| invalid("SECRETS_KEY", p)),
+        None => Err(invalid(
+            "SECRETS_KEYS",
+            "is required when RETURN_PASSWORD_FIELD is set (or the single SECRETS_KEY)",
+        )),
     }
 }
 
@@ -97,8 +144,7 @@ impl Settings {
         let password_return = match config::var("RETURN_PASSWORD_FIELD") {
             None => None,
             Some(field) => {
-                let key = config::required("SECRETS_KEY")?;
-                let secrets = SecretBox::from_base64(&key).map_err(|p| invalid("SECRETS_KEY", p))?;
+                let secrets = secrets()?;
                 if site_id.is_none() {
                     return Err(invalid("CIO_SITE_ID", "is required when RETURN_PASSWORD_FIELD is set"));
                 }
@@ -128,6 +174,11 @@ impl Settings {
             None => FieldMap::default(),
             Some(path) => FieldMap::load(&path).map_err(|p| invalid("FIELD_MAP_FILE", p))?,
         };
+        if let Some(pr) = &password_return {
+            field_map
+                .check_password_field(&pr.field)
+                .map_err(|p| invalid("FIELD_MAP_FILE", p))?;
+        }
         let http_addr = config::or_default("WORKER_HTTP_ADDR", "0.0.0.0:9091")
             .parse()
             .map_err(|_| invalid("WORKER_HTTP_ADDR", "must be an address like 0.0.0.0:9091"))?;
@@ -148,7 +199,9 @@ impl Settings {
             log_format: shared::telemetry::format_from_env()?,
             shutdown_grace: config::seconds_or("SHUTDOWN_GRACE_SECS", Duration::from_secs(30))?,
             http_addr,
-            outbox_max_attempts: config::parse_or("OUTBOX_MAX_ATTEMPTS", 8)?,
+            outbox_give_up_after: duration_or("OUTBOX_GIVE_UP_AFTER", Duration::from_secs(24 * 3600))?,
+            sync_email_changes: flag_or("SYNC_EMAIL_CHANGES", true)?,
+            not_found_attempts: crate::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: config::parse_or("SNAPSHOT_MAX_MEMBERS", crate::sync::snapshot::DEFAULT_MAX_MEMBERS)?,
         })
     }

@@ -92,6 +92,14 @@ impl SimHandle {
         lock(&self.inner.store).person_by_cio(cio_id).map(view)
     }
 
+    /// The e-mail of the person a Track path identifier names (`cio_<id>`, or an e-mail as is).
+    pub fn email_of(&self, identifier: &str) -> Option<String> {
+        match identifier.strip_prefix("cio_") {
+            Some(id) => self.person_by_cio_id(id).and_then(|p| p.email),
+            None => Some(identifier.to_string()),
+        }
+    }
+
     /// All people, in creation order.
     pub fn people(&self) -> Vec<PersonView> {
         lock(&self.inner.store).people.iter().map(view).collect()

@@ -17,6 +17,8 @@ pub struct SyncCtx {
     pub password_length: usize,
     pub password_return: Option<PasswordReturn>,
     pub mail_enabled: bool,
+    /// Whether a changed Customer.io e-mail changes the user's (`SYNC_EMAIL_CHANGES`).
+    pub email_changes: bool,
     /// Woken after a commit that queued outbox rows, so that delivery starts at once.
     pub outbox_wakeup: Arc<Notify>,
     /// Segment membership snapshots (batched segment reads).
@@ -25,6 +27,9 @@ pub struct SyncCtx {
     pub hasher: Hasher,
     /// Customer.io calls one batch makes at once when it reads contact by contact.
     pub parallel: usize,
+    /// Attempts of an `add` or `update` whose contact Customer.io does not know (404) before it
+    /// ends `contact_not_found`.
+    pub not_found_attempts: u32,
     /// Attempts of one command before it is dead-lettered.
     pub max_attempts: u32,
 }

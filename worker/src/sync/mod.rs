@@ -30,6 +30,7 @@ use std::time::Duration;
 
 pub use context::SyncCtx;
 pub use outcome::{Failure, Incoming, Outcome, Settlement};
+pub use read::NOT_FOUND_ATTEMPTS;
 
 use job::Job;
 use ledger::Verdict;

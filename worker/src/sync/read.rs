@@ -12,23 +12,34 @@ use super::{
     bulk_read,
     context::SyncCtx,
     job::Job,
-    outcome::Failure,
+    outcome::{Failure, Outcome},
     snapshot,
     store::{self, Lookup},
     users,
 };
 use crate::{
-    cio::PersonRef,
+    cio::{types::Customer, PersonRef},
     events::Level,
     fieldmap::{Mapped, UserField},
     password::Prepared,
 };
 
+/// Attempts of an `add` or `update` whose contact Customer.io does not know before it ends
+/// `contact_not_found` (the retries wait about 1 s, 10 s and 1 min): the default of
+/// [`SyncCtx::not_found_attempts`](super::SyncCtx).
+pub const NOT_FOUND_ATTEMPTS: u32 = 4;
+
 /// Attributes of the `update` and `add` contacts, mapped through the field map.
 pub(super) async fn read_attributes(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) {
     for &i in claimed {
         let job = &mut jobs[i];
-        job.cio_id = job.cmd().contact.cio_id.clone();
+        // A cio_id from the webhook body is only a hint until the profile it names proves to have
+        // the webhook's e-mail. `update_tags` reads no profile, so it identifies by e-mail (and
+        // then by the matched user's stored cio_id).
+        job.cio_id = match job.cmd().action {
+            Action::UpdateTags => None,
+            _ => job.cmd().contact.cio_id.clone(),
+        };
         job.emails = vec![job.cmd().contact.email.folded()];
     }
     let contacts: Vec<usize> = claimed
@@ -42,8 +53,25 @@ pub(super) async fn read_attributes(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[
         let job = &mut jobs[i];
         match read {
             Err(f) => job.fail(f),
+            // Customer.io is eventually consistent: a journey may fire moments after the profile
+            // was created, before reads find it. Retried (1 s, 10 s, 1 min) before giving up.
+            Ok(None) if job.inc.attempt < ctx.not_found_attempts => {
+                let reason = format!(
+                    "Contact {} was not found in Customer.io (404); it may not be readable yet",
+                    job.cmd().contact.email
+                );
+                job.fail(Failure::Transient {
+                    reason,
+                    retry_after: None,
+                });
+            }
             Ok(None) => job.not_found(),
             Ok(Some(customer)) => {
+                if let Some(reason) = foreign_cio_id(job, &customer) {
+                    job.log.error(format!("Rejected: {reason}"));
+                    job.close(Outcome::Rejected(reason));
+                    continue;
+                }
                 let mapped = ctx.field_map.apply(&customer.attributes);
                 let (text, context) = describe(&mapped);
                 job.log.push(
@@ -65,6 +93,27 @@ pub(super) async fn read_attributes(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[
     }
 }
 
+/// Why the profile read by the webhook's `cio_id` cannot be this contact's: it does not have the
+/// webhook's e-mail (a forged or stale `cio_id` must not reach another person's account).
+fn foreign_cio_id(job: &Job, customer: &Customer) -> Option<String> {
+    let cio_id = job.cmd().contact.cio_id.as_deref()?;
+    let webhook = job.cmd().contact.email.folded();
+    let profile = customer.email();
+    if profile.as_deref().map(shared::email::fold) == Some(webhook) {
+        return None;
+    }
+    Some(match profile {
+        Some(_) => format!(
+            "cio_id {cio_id} from the webhook names a Customer.io profile with another e-mail than {}",
+            job.cmd().contact.email
+        ),
+        None => format!(
+            "cio_id {cio_id} from the webhook names a Customer.io profile without an e-mail, so it cannot be checked against {}",
+            job.cmd().contact.email
+        ),
+    })
+}
+
 /// Looks for the users before spending segment calls or hashing passwords (one statement);
 /// `update` and `update_tags` without a user end here.
 pub(super) async fn find_existing(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[usize]) -> Result<(), Failure> {
@@ -78,7 +127,7 @@ pub(super) async fn find_existing(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[us
             (Action::Add, u) => job.existing = u,
             (_, None) => job.no_user(),
             (Action::UpdateTags, Some(u)) => {
-                job.cio_id = u.cio_id.clone().or_else(|| job.cio_id.take());
+                job.cio_id = u.cio_id.clone();
                 job.existing = Some(u);
             }
             (Action::Update, Some(u)) => job.existing = Some(u),

@@ -9,7 +9,7 @@ use super::{
     context::SyncCtx,
     job::Job,
     ledger::{self, EventStatus},
-    outcome::{Failure, Settlement},
+    outcome::{Failure, Outcome, Settlement},
 };
 
 /// Records the failures (`retrying` with the delay, or `dead`), releases their claims, and says
@@ -50,6 +50,21 @@ pub(super) async fn settle(ctx: &SyncCtx, mut jobs: Vec<Job>) -> Vec<Settlement>
                 Settlement::Dead { reason }
             }
         };
+        // The process log's line for the event, at info: ids and outcome, never the contact.
+        let (id, action) = (job.cmd().event_id, job.cmd().action);
+        match &settlement {
+            Settlement::Done(o) => {
+                let user_id = match o {
+                    Outcome::Succeeded { user_id, .. } => Some(*user_id),
+                    _ => None,
+                };
+                tracing::info!(event_id = %id, %action, status = %o.status(), user_id, "event finished")
+            }
+            Settlement::Retry { slot, .. } => {
+                tracing::info!(event_id = %id, %action, attempt, retry_in = ?slot.delay, "event will be retried")
+            }
+            Settlement::Dead { .. } => tracing::warn!(event_id = %id, %action, attempt, "event dead-lettered"),
+        }
         if !matches!(settlement, Settlement::Done(_)) {
             if let Some(c) = &job.claim {
                 released.push(c);

@@ -122,7 +122,7 @@ impl Snapshot {
                  join segment_snapshot_members m on m.snapshot_id = $1 and m.cio_id = a.cio_id
                  union
                  select a.i, m.segment_id from asked a
-                 join segment_snapshot_members m on m.snapshot_id = $1 and m.email = lower(a.email)
+                 join segment_snapshot_members m on m.snapshot_id = $1 and m.email = fold_email(a.email)
              )
              select exists (select 1 from segment_snapshots where id = $1 and state = 'complete'),
                     coalesce((select array_agg(i order by i, segment_id) from found), '{}'),
@@ -471,7 +471,7 @@ async fn store_page(pool: &PgPool, id: i64, segment: i64, page: Vec<Identifiers>
         .unzip();
     sqlx::query(
         "insert into segment_snapshot_members (snapshot_id, segment_id, cio_id, email)
-         select $1, $2, c, lower(e) from unnest($3::text[], $4::text[]) as t(c, e)",
+         select $1, $2, c, fold_email(e) from unnest($3::text[], $4::text[]) as t(c, e)",
     )
     .bind(id)
     .bind(segment)

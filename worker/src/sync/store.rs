@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -55,7 +56,7 @@ pub async fn find_users(
                     u.display_name, r.protected
              from users u join roles r on r.name = u.role
              where (t.cio_id is not null and u.cio_id = t.cio_id)
-                or lower(u.email) = any(array(select jsonb_array_elements_text(t.emails::jsonb)))
+                or fold_email(u.email) = any(array(select jsonb_array_elements_text(t.emails::jsonb)))
              order by (u.cio_id is not distinct from t.cio_id) desc, u.id
              limit 1 {}
          ) u",
@@ -87,12 +88,24 @@ pub async fn lock_contacts(conn: &mut PgConnection, keys: &[String]) -> Result<(
     Ok(())
 }
 
-/// Every registered role: name → protected.
-pub async fn roles(conn: &mut PgConnection) -> Result<HashMap<String, bool>, sqlx::Error> {
-    let rows: Vec<(String, bool)> = sqlx::query_as("select name, protected from roles")
+/// What a registered role allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleRules {
+    /// Users with it are never changed by webhooks.
+    pub protected: bool,
+    /// A webhook's `role=` may give it (an operator's allow-list).
+    pub assignable: bool,
+}
+
+/// Every registered role: name → its rules.
+pub async fn roles(conn: &mut PgConnection) -> Result<HashMap<String, RoleRules>, sqlx::Error> {
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as("select name, protected, assignable from roles")
         .fetch_all(conn)
         .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|(n, protected, assignable)| (n, RoleRules { protected, assignable }))
+        .collect())
 }
 
 /// Which of `usernames` are taken: lower-cased username → its user (`Some`, as [`super::users::Facts`] keeps them).
@@ -103,9 +116,9 @@ pub async fn taken_usernames(
     if usernames.is_empty() {
         return Ok(HashMap::new());
     }
-    let lowered: Vec<String> = usernames.iter().map(|u| u.to_lowercase()).collect();
+    let lowered: Vec<String> = usernames.iter().map(|u| shared::email::fold(u)).collect();
     let rows: Vec<(String, i64)> =
-        sqlx::query_as("select lower(username), id from users where lower(username) = any($1)")
+        sqlx::query_as("select fold_email(username), id from users where fold_email(username) = any($1)")
             .bind(&lowered)
             .fetch_all(conn)
             .await?;
@@ -117,12 +130,52 @@ pub async fn email_owners(conn: &mut PgConnection, emails: &[String]) -> Result<
     if emails.is_empty() {
         return Ok(HashMap::new());
     }
-    let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as("select lower(email), id from users where lower(email) = any($1)")
-        .bind(&lowered)
-        .fetch_all(conn)
-        .await?;
+    let lowered: Vec<String> = emails.iter().map(|e| shared::email::fold(e)).collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("select fold_email(email), id from users where fold_email(email) = any($1)")
+            .bind(&lowered)
+            .fetch_all(conn)
+            .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// The newest command carrying URL state (`tags=`, `role=`) applied to each of `users`:
+/// user id → (its `received_at`, its event).
+pub async fn url_states(
+    conn: &mut PgConnection,
+    users: &[i64],
+) -> Result<HashMap<i64, (DateTime<Utc>, Uuid)>, sqlx::Error> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, DateTime<Utc>, Uuid)> =
+        sqlx::query_as("select user_id, received_at, event_id from user_url_state where user_id = any($1)")
+            .bind(users)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|(u, at, e)| (u, (at, e))).collect())
+}
+
+/// Records commands carrying URL state as applied (a user keeps the newest).
+pub async fn record_url_states(
+    conn: &mut PgConnection,
+    applied: &[(i64, DateTime<Utc>, Uuid)],
+) -> Result<(), sqlx::Error> {
+    if applied.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into user_url_state (user_id, received_at, event_id)
+         select * from unnest($1::bigint[], $2::timestamptz[], $3::uuid[])
+         on conflict (user_id) do update set received_at = excluded.received_at, event_id = excluded.event_id
+         where user_url_state.received_at < excluded.received_at",
+    )
+    .bind(applied.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.1).collect::<Vec<_>>())
+    .bind(applied.iter().map(|a| a.2).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A user to create.
@@ -154,9 +207,9 @@ pub async fn insert_users(conn: &mut PgConnection, users: &[NewUser]) -> Result<
              insert into users (email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name)
              select email, username, password_hash, role, cio_id, customer_id, first_name, last_name, display_name
              from new order by i
-             returning id, lower(email) as email
+             returning id, fold_email(email) as email
          )
-         select new.i, created.id from new join created on created.email = lower(new.email)",
+         select new.i, created.id from new join created on created.email = fold_email(new.email)",
     )
     .bind(col(|u| Some(u.email.clone())))
     .bind(col(|u| Some(u.username.clone())))
@@ -364,7 +417,7 @@ pub struct NewOutboxRow {
     pub skipped: Option<&'static str>,
 }
 
-/// Queues outbox rows (at most one of each kind per user, ever).
+/// Queues outbox rows (at most one password return and one welcome e-mail per user, ever).
 pub async fn insert_outbox(conn: &mut PgConnection, rows: &[NewOutboxRow]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -373,7 +426,7 @@ pub async fn insert_outbox(conn: &mut PgConnection, rows: &[NewOutboxRow]) -> Re
         "insert into outbox (kind, user_id, event_id, recipient, secret, status, last_error)
          select k, u, e, r, s, case when n is null then 'pending' else 'skipped' end, n
          from unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bytea[], $6::text[]) as t(k, u, e, r, s, n)
-         on conflict (user_id, kind) do nothing",
+         on conflict (user_id, kind) where kind in ('password_return', 'welcome_email') do nothing",
     )
     .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::{
     outcome::Failure,
-    store::{self, NewUser, UserChanges, UserRow},
+    store::{self, NewUser, RoleRules, UserChanges, UserRow},
 };
 use crate::{
     cio::types::Customer,
@@ -21,8 +21,8 @@ use crate::{
 /// What the database says, for every decision of one write round.
 #[derive(Debug, Default)]
 pub struct Facts {
-    /// Registered roles: name → protected.
-    pub roles: HashMap<String, bool>,
+    /// Registered roles and what they allow.
+    pub roles: HashMap<String, RoleRules>,
     /// Owners of the addresses users would change to: lower-cased e-mail → user id.
     pub email_owners: HashMap<String, i64>,
     /// Usernames taken (lower-cased) → their user, `None` for one chosen earlier in this round.
@@ -46,17 +46,30 @@ pub fn customer_email(customer: &Customer, mapped: &Mapped) -> Option<String> {
 
 /// The address an existing user would change to, if Customer.io has another one.
 pub fn email_change(user: &UserRow, customer: &Customer, mapped: &Mapped) -> Option<String> {
-    customer_email(customer, mapped).filter(|e| !e.eq_ignore_ascii_case(&user.email))
+    customer_email(customer, mapped).filter(|e| shared::email::fold(e) != shared::email::fold(&user.email))
+}
+
+/// Why a webhook's `role=` is refused, if it is: only registered, assignable, unprotected roles
+/// may be given by a webhook.
+fn refused_role(role: &str, facts: &Facts) -> Option<&'static str> {
+    match facts.roles.get(role) {
+        None => Some("is not a registered role"),
+        Some(r) if r.protected => Some("is protected and cannot be given by a webhook"),
+        Some(r) if !r.assignable => Some("is not assignable by webhooks (an operator marks it `assignable` in roles)"),
+        Some(_) => None,
+    }
 }
 
 /// The changes that refresh an existing user from the contact (`update`, and `add` for a user
-/// that exists).
+/// that exists). `email_changes`: whether a changed Customer.io e-mail may change the user's.
+#[allow(clippy::too_many_arguments)]
 pub fn refresh(
     cmd: &SyncV1,
     user: &UserRow,
     customer: &Customer,
     mapped: &Mapped,
     cio_id: Option<&str>,
+    email_changes: bool,
     facts: &Facts,
     log: &mut EventLog,
 ) -> UserChanges {
@@ -85,6 +98,11 @@ pub fn refresh(
                 "E-mail {e} already belongs to user #{owner}; e-mail of user #{} left unchanged",
                 user.id
             ));
+        } else if !email_changes {
+            log.notice(format!(
+                "Customer.io has the e-mail {e}; e-mail of user #{} left unchanged (SYNC_EMAIL_CHANGES=false)",
+                user.id
+            ));
         } else {
             log.info(format!(
                 "Changed e-mail of user #{} from {} to {e}",
@@ -94,19 +112,12 @@ pub fn refresh(
         }
     }
     if let Some(role) = cmd.role.as_deref().filter(|r| *r != user.role && !user.protected) {
-        match facts.roles.get(role) {
-            Some(false) => {
+        match refused_role(role, facts) {
+            None => {
                 log.info(format!("Set role of user #{} to {role}", user.id));
                 c.role = Some(role.to_string());
             }
-            Some(true) => log.warning(format!(
-                "Role {role} is protected and cannot be given by a webhook; user #{} keeps role {}",
-                user.id, user.role
-            )),
-            None => log.warning(format!(
-                "Role {role} is not a registered role; user #{} keeps role {}",
-                user.id, user.role
-            )),
+            Some(why) => log.warning(format!("Role {role} {why}; user #{} keeps role {}", user.id, user.role)),
         }
     }
     let columns = c.columns();
@@ -179,22 +190,16 @@ async fn choose_username(
     })
 }
 
-/// The role for a new user: the URL's if registered and not protected, else the default.
+/// The role for a new user: the URL's if a webhook may give it, else the default.
 fn choose_role(cmd: &SyncV1, default_role: &str, facts: &Facts, log: &mut EventLog) -> String {
     let Some(role) = cmd.role.as_deref() else {
         return default_role.to_string();
     };
-    match facts.roles.get(role) {
-        Some(false) => role.to_string(),
-        Some(true) => {
+    match refused_role(role, facts) {
+        None => role.to_string(),
+        Some(why) => {
             log.warning(format!(
-                "Role {role} is protected and cannot be given by a webhook; the default role {default_role} is used instead"
-            ));
-            default_role.to_string()
-        }
-        None => {
-            log.warning(format!(
-                "Role {role} is not a registered role; the default role {default_role} is used instead"
+                "Role {role} {why}; the default role {default_role} is used instead"
             ));
             default_role.to_string()
         }

@@ -76,9 +76,8 @@ async fn round_once(ctx: &SyncCtx, jobs: &mut [Job], round: &[usize]) -> Result<
     let marks: Vec<usize> = round.iter().map(|&i| jobs[i].log.mark()).collect();
     match write_round(ctx, jobs, round).await {
         Ok(ends) => {
-            let created = ends
-                .iter()
-                .any(|(_, e)| matches!(e, Ok(Outcome::Succeeded { created: true, .. })));
+            // New users and e-mail changes queue outbox rows.
+            let created = ends.iter().any(|(_, e)| matches!(e, Ok(Outcome::Succeeded { .. })));
             for (i, end) in ends {
                 jobs[i].end = Some(end);
                 jobs[i].unwritten = false;
@@ -140,16 +139,36 @@ async fn write_round(
         }
     }
     facts.email_owners = store::email_owners(&mut tx, &new_emails).await?;
+    let known: Vec<i64> = found.iter().flatten().map(|u| u.id).collect();
+    let url_states = store::url_states(&mut tx, &known).await?;
     facts.taken_usernames = store::taken_usernames(&mut tx, &usernames).await?;
 
     // Decide, job by job (no statement but the rare username retry).
     let mut ends: HashMap<usize, Result<Outcome, Failure>> = HashMap::new();
+    let mut outbox = Vec::new();
     let mut segment_owner: HashMap<usize, i64> = HashMap::new();
     let mut changes: Vec<(i64, UserChanges)> = Vec::new();
     let mut creating: Vec<Creating> = Vec::new();
     for (&i, user) in round.iter().zip(found) {
         let job = &mut jobs[i];
         let action = job.cmd().action;
+        let carries_url_state = job.cmd().tags.is_some() || job.cmd().role.is_some();
+        if let Some(u) = user.as_ref().filter(|_| carries_url_state) {
+            if let Some((at, by)) = url_states.get(&u.id).filter(|(at, _)| *at > job.cmd().received_at) {
+                job.log.notice(format!(
+                    "Skipped: event {by} (received {at}) already applied newer URL state (tags, role) to user #{}; this older command would undo it",
+                    u.id
+                ));
+                ends.insert(
+                    i,
+                    Ok(Outcome::Satisfied {
+                        by: *by,
+                        status: ledger::EventStatus::Succeeded,
+                    }),
+                );
+                continue;
+            }
+        }
         match (action, user) {
             (Action::UpdateTags, Some(u)) => {
                 segment_owner.insert(i, u.id);
@@ -166,15 +185,25 @@ async fn write_round(
                 ends.insert(i, Ok(Outcome::NoUser));
             }
             (Action::Update | Action::Add, Some(u)) => {
+                if let Some(reason) = replaced_cio_id(&u, job.cio_id.as_deref()) {
+                    job.log.error(format!("Rejected: {reason}"));
+                    ends.insert(i, Ok(Outcome::Rejected(reason)));
+                    continue;
+                }
+                let old_email = u.email.clone();
                 let c = users::refresh(
                     &job.inc.cmd,
                     &u,
                     &job.customer,
                     &job.mapped,
                     job.cio_id.as_deref(),
+                    ctx.email_changes,
                     &facts,
                     &mut job.log,
                 );
+                if c.email.is_some() {
+                    outbox.extend(email_change_notice(ctx, job, u.id, &old_email));
+                }
                 if action == Action::Add {
                     job.log.info(format!(
                         "User #{} already exists: updated it (no new password, e-mail or password return)",
@@ -245,7 +274,6 @@ async fn write_round(
         },
         _ => Failure::from(e),
     })?;
-    let mut outbox = Vec::new();
     for (c, id) in creating.iter().zip(&ids) {
         let job = &mut jobs[c.job];
         let source = match c.password.origin {
@@ -267,6 +295,20 @@ async fn write_round(
         );
     }
     store::update_users(&mut tx, &changes).await?;
+    // Commands carrying URL state that were applied: a newer one's time is kept per user.
+    let applied_url_state: Vec<_> = round
+        .iter()
+        .filter_map(|&i| {
+            let cmd = jobs[i].cmd();
+            match ends.get(&i) {
+                Some(Ok(Outcome::Succeeded { user_id, .. })) if cmd.tags.is_some() || cmd.role.is_some() => {
+                    Some((*user_id, cmd.received_at, cmd.event_id))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    store::record_url_states(&mut tx, &applied_url_state).await?;
     let meta: Vec<(i64, &BTreeMap<String, String>)> = segment_owner
         .iter()
         .map(|(&i, &user)| (user, &jobs[i].mapped.meta))
@@ -308,6 +350,35 @@ async fn write_round(
     ledger::finish(&mut tx, &mut closing).await?;
     tx.commit().await?;
     Ok(ends.into_iter().collect())
+}
+
+/// Why a command may not touch this user: it would replace the user's stored `cio_id` by another
+/// one (a user stays tied to the Customer.io profile it was first synced with).
+fn replaced_cio_id(user: &store::UserRow, cio_id: Option<&str>) -> Option<String> {
+    match (user.cio_id.as_deref(), cio_id) {
+        (Some(stored), Some(new)) if stored != new => Some(format!(
+            "user #{} is tied to Customer.io profile {stored}, and this contact is profile {new}; the stored cio_id is never replaced",
+            user.id
+        )),
+        _ => None,
+    }
+}
+
+/// The notice to a user's old address after its login e-mail changed (when mail is on).
+fn email_change_notice(ctx: &SyncCtx, job: &mut Job, user_id: i64, old_email: &str) -> Option<NewOutboxRow> {
+    if !ctx.mail_enabled {
+        return None;
+    }
+    job.log
+        .info("Queued the notice of the e-mail change to the old address");
+    Some(NewOutboxRow {
+        kind: OutboxKind::EmailChangeNotice,
+        user_id,
+        event_id: job.inc.cmd.event_id,
+        recipient: old_email.to_string(),
+        secret: None,
+        skipped: None,
+    })
 }
 
 /// The outbox rows a new user brings, with their log lines.
@@ -368,7 +439,10 @@ pub(super) async fn close_remaining(ctx: &SyncCtx, jobs: &mut [Job], among: &[us
             closing.push(Closing {
                 status: outcome.status(),
                 user_id: None,
-                error: None,
+                error: match outcome {
+                    Outcome::Rejected(reason) => Some(reason.clone()),
+                    _ => None,
+                },
                 claim: job.claim.as_ref(),
                 data_from: job.data_from,
                 log: &mut job.log,
