@@ -69,6 +69,17 @@ ensure_rabbitmq() {
   wait_port RabbitMQ "$AMQP_HOST" "$AMQP_PORT" 90
 }
 
+# The cluster tests start their own RabbitMQ nodes from the rabbitmq-server package's scripts
+# (a broker running in Docker does not provide them).
+ensure_rabbitmq_package() {
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
+  say "the rabbitmq-server package is missing (the cluster tests start nodes from it)"
+  apt_install rabbitmq-server || {
+    echo "error: install the rabbitmq-server Debian package to run the cluster tests" >&2
+    return 1
+  }
+}
+
 # The operator console's browser tests drive headless Chromium through chromedriver (Debian's
 # chromium and chromium-driver packages).
 ensure_browser() {

@@ -88,11 +88,15 @@ pub const DEFAULT_NAMESPACE: &str = "cio_sync";
 /// Where the broker is and which names are ours.
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// Contains the broker password: never log it.
+    /// One node's URL, or a comma-separated list of the nodes of one cluster (see
+    /// [`crate::broker`]). Contains the broker password: never log it.
     pub url: String,
     pub namespace: String,
     /// How long a publish may wait for the broker's confirm before it counts as failed.
     pub publish_timeout: Duration,
+    /// Replicas of each quorum queue when it is created (`x-quorum-initial-group-size`); `None`
+    /// leaves it to the broker.
+    pub quorum_group_size: Option<u16>,
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -101,6 +105,7 @@ impl fmt::Debug for AmqpSettings {
             .field("url", &"<redacted>")
             .field("namespace", &self.namespace)
             .field("publish_timeout", &self.publish_timeout)
+            .field("quorum_group_size", &self.quorum_group_size)
             .finish()
     }
 }
@@ -118,17 +123,43 @@ impl AmqpSettings {
             });
         }
         let url = or_default("AMQP_URL", DEFAULT_AMQP_URL);
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError {
+        let nodes = crate::broker::parse_nodes(&url)
+            .map_err(|problem| ConfigError {
                 var: "AMQP_URL",
-                problem: "must start with amqp:// or amqps://".into(),
-            });
-        }
+                problem,
+            })?
+            .len();
+        let quorum_group_size = quorum_group_size(var("AMQP_QUORUM_GROUP_SIZE").as_deref(), nodes)?;
         Ok(Self {
             url,
             namespace,
             publish_timeout: seconds_or("PUBLISH_TIMEOUT_SECS", Duration::from_secs(5))?,
+            quorum_group_size,
         })
+    }
+
+    /// The names of this namespace, carrying the quorum group size its queues are declared with.
+    pub fn names(&self) -> crate::topology::Names {
+        crate::topology::Names::new(&self.namespace).with_quorum_group_size(self.quorum_group_size)
+    }
+}
+
+/// `AMQP_QUORUM_GROUP_SIZE`: a number of replicas, or `0` to leave it to the broker. Unset, it is
+/// the number of nodes `AMQP_URL` lists when it lists several (each queue on every listed node),
+/// and left to the broker for a single URL (a lone node, or a load balancer in front of a cluster;
+/// the broker's `quorum_cluster_size` defaults to 3).
+fn quorum_group_size(value: Option<&str>, nodes: usize) -> Result<Option<u16>> {
+    match value {
+        None if nodes > 1 => Ok(Some(nodes.min(u16::MAX as usize) as u16)),
+        None => Ok(None),
+        Some(v) => match v.parse::<u16>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(ConfigError {
+                var: "AMQP_QUORUM_GROUP_SIZE",
+                problem: "must be a whole number of replicas (0 = the broker's default)".into(),
+            }),
+        },
     }
 }
 
@@ -166,7 +197,20 @@ mod tests {
             url: "amqp://user:hunter2@host/%2f".into(),
             namespace: "ns".into(),
             publish_timeout: Duration::from_secs(1),
+            quorum_group_size: None,
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_quorum_group_size_follows_the_node_list_unless_set() {
+        assert_eq!(quorum_group_size(None, 3), Ok(Some(3)));
+        assert_eq!(quorum_group_size(None, 1), Ok(None));
+        assert_eq!(quorum_group_size(Some("5"), 3), Ok(Some(5)));
+        assert_eq!(quorum_group_size(Some("0"), 3), Ok(None));
+        assert_eq!(
+            quorum_group_size(Some("three"), 3).unwrap_err().var,
+            "AMQP_QUORUM_GROUP_SIZE"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod command;
 pub mod config;
 pub mod email;

@@ -4,7 +4,8 @@
 //! A publish counts as done only when the broker confirmed it: a nack, a `basic.return` (the
 //! message was unroutable, reported by lapin as `Ack(Some(returned))`), a closed channel or no
 //! confirm within the timeout are all failures. A broken link is dropped and re-established on
-//! the next publish, at most once per [`RECONNECT_BACKOFF`] so that an outage fails fast.
+//! the next publish, at most once per [`RECONNECT_BACKOFF`] so that an outage fails fast; with
+//! several nodes in `AMQP_URL`, the new link goes to the next node ([`crate::broker`]).
 
 use std::{
     sync::Arc,
@@ -13,11 +14,12 @@ use std::{
 
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
 };
 use tokio::sync::Mutex;
 
 use crate::{
+    broker::Nodes,
     config::AmqpSettings,
     topology::{self, Names},
 };
@@ -59,6 +61,7 @@ struct State {
 #[derive(Clone)]
 pub struct Publisher {
     url: Arc<str>,
+    nodes: Nodes,
     names: Names,
     timeout: Duration,
     name: Arc<str>,
@@ -72,7 +75,8 @@ impl Publisher {
     pub fn new(amqp: &AmqpSettings, connection_name: &str) -> Self {
         Self {
             url: amqp.url.as_str().into(),
-            names: Names::new(&amqp.namespace),
+            nodes: Nodes::new(&amqp.url),
+            names: amqp.names(),
             timeout: amqp.publish_timeout,
             name: format!("{connection_name} [{}]", amqp.namespace).into(),
             state: Arc::new(Mutex::new(State {
@@ -87,7 +91,7 @@ impl Publisher {
         &self.names
     }
 
-    /// The broker URL (it holds the password: never log it).
+    /// The broker URL or node list (it holds the password: never log it).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -167,8 +171,11 @@ impl Publisher {
 
     async fn open(&self) -> Result<Link, PublishError> {
         let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
-        let props = ConnectionProperties::default().with_connection_name(self.name.as_ref().into());
-        let conn = Connection::connect(&self.url, props).await.map_err(unavailable)?;
+        let (conn, _node) = self
+            .nodes
+            .connect(&self.name)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         let channel = conn.create_channel().await.map_err(unavailable)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

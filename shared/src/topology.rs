@@ -87,17 +87,29 @@ pub fn retry_slot(wanted: Duration, pick: usize) -> RetrySlot {
     }
 }
 
-/// All exchange and queue names of one namespace (`AMQP_NAMESPACE`).
+/// All exchange and queue names of one namespace (`AMQP_NAMESPACE`), and the replica count its
+/// quorum queues are created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     ns: String,
+    quorum_group_size: Option<u16>,
 }
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
         Self {
             ns: namespace.to_string(),
+            quorum_group_size: None,
         }
+    }
+    /// Declares every queue with `x-quorum-initial-group-size` (`None`: the broker's default).
+    ///
+    /// The broker applies it only when it creates a queue, and checks it on every later declare
+    /// like any queue argument: processes of one namespace must agree on it, and a queue created
+    /// with another size (or none) fails the declare with PRECONDITION_FAILED naming the argument.
+    pub fn with_quorum_group_size(mut self, replicas: Option<u16>) -> Self {
+        self.quorum_group_size = replicas;
+        self
     }
     pub fn namespace(&self) -> &str {
         &self.ns
@@ -164,9 +176,15 @@ fn s(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v))
 }
 
-fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+fn quorum_args(names: &Names, extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     t.insert(ShortString::from("x-queue-type"), s("quorum"));
+    if let Some(n) = names.quorum_group_size {
+        t.insert(
+            ShortString::from("x-quorum-initial-group-size"),
+            AMQPValue::LongLongInt(i64::from(n)),
+        );
+    }
     for (k, v) in extra {
         t.insert(ShortString::from(*k), v.clone());
     }
@@ -224,7 +242,10 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     ch.queue_declare(
         names.dead_queue().as_str().into(),
         QUEUE,
-        quorum_args(&[("x-delivery-limit", AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT))]),
+        quorum_args(
+            names,
+            &[("x-delivery-limit", AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT))],
+        ),
     )
     .await?;
     ch.queue_bind(
@@ -236,12 +257,15 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     )
     .await?;
 
-    let work_args = quorum_args(&[
-        ("x-dead-letter-exchange", s(&dead)),
-        ("x-dead-letter-strategy", s("at-least-once")),
-        ("x-overflow", s("reject-publish")),
-        ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-    ]);
+    let work_args = quorum_args(
+        names,
+        &[
+            ("x-dead-letter-exchange", s(&dead)),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-overflow", s("reject-publish")),
+            ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+        ],
+    );
     ch.queue_declare(names.commands_queue().as_str().into(), QUEUE, work_args)
         .await?;
     ch.queue_bind(
@@ -256,13 +280,16 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     for (tier, variant, delay) in retry_slots() {
         let key = format!("{tier}.{variant}");
         let q = names.retry_queue(&key);
-        let args = quorum_args(&[
-            ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
-            ("x-dead-letter-exchange", s(&commands)),
-            ("x-dead-letter-routing-key", s(COMMAND_KEY)),
-            ("x-dead-letter-strategy", s("at-least-once")),
-            ("x-overflow", s("reject-publish")),
-        ]);
+        let args = quorum_args(
+            names,
+            &[
+                ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
+                ("x-dead-letter-exchange", s(&commands)),
+                ("x-dead-letter-routing-key", s(COMMAND_KEY)),
+                ("x-dead-letter-strategy", s("at-least-once")),
+                ("x-overflow", s("reject-publish")),
+            ],
+        );
         ch.queue_declare(q.as_str().into(), QUEUE, args).await?;
         ch.queue_bind(
             q.as_str().into(),
@@ -308,6 +335,17 @@ mod tests {
         assert_eq!(name, "cio.sync-commands-limit");
         assert_eq!(pattern, r"^cio\.sync\.commands$");
         assert_eq!(definition, r#"{"max-length":1000}"#);
+    }
+
+    #[test]
+    fn the_quorum_group_size_is_a_queue_argument_only_when_set() {
+        let key = "x-quorum-initial-group-size";
+        let sized = quorum_args(&Names::new("a").with_quorum_group_size(Some(3)), &[]);
+        assert_eq!(
+            sized.inner().get(&ShortString::from(key)),
+            Some(&AMQPValue::LongLongInt(3))
+        );
+        assert!(!quorum_args(&Names::new("a"), &[]).contains_key(key));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod actions;
 mod binaries;
+mod cluster;
 mod console;
 mod faults;
 mod fuzz;

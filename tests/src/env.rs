@@ -106,6 +106,7 @@ impl TestEnv {
             url: amqp_url(),
             namespace: self.namespace.clone(),
             publish_timeout: Duration::from_secs(5),
+            quorum_group_size: None,
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod broker;
 pub mod browser;
+pub mod cluster;
 pub mod console;
 pub mod env;
 pub mod pipeline;

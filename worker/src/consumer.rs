@@ -13,14 +13,15 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Connection, ConnectionProperties,
+    BasicProperties,
 };
 use shared::{
+    broker::Nodes,
     command::{Action, Command},
     config::AmqpSettings,
     headers::{self, event_id_of, header_int, header_str},
     publisher::Publisher,
-    topology::{self, Names},
+    topology,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -70,13 +71,21 @@ pub fn failure_properties(props: &BasicProperties, attempts: u32, error: &str) -
 }
 
 impl Consumer {
-    /// Consumes until `shutdown`, reconnecting after broker failures with a growing pause.
+    /// Consumes until `shutdown`, reconnecting after broker failures (to the next node of the
+    /// list, see `shared::broker`) with a pause that grows while no node takes the connection
+    /// and starts again from the shortest once one did.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut pause = Duration::from_millis(500);
+        const FIRST_PAUSE: Duration = Duration::from_millis(500);
+        let nodes = Nodes::new(&self.amqp.url);
+        let mut pause = FIRST_PAUSE;
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown).await {
+            let mut connected = false;
+            match self.consume(&nodes, &mut connected, &shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if connected {
+                        pause = FIRST_PAUSE;
+                    }
                     tracing::warn!("broker connection lost ({e}); reconnecting in {pause:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
@@ -88,11 +97,16 @@ impl Consumer {
         }
     }
 
-    async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let names = Names::new(&self.amqp.namespace);
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("cio-sync worker [{}]", self.amqp.namespace).into());
-        let conn = Connection::connect(&self.amqp.url, props).await?;
+    async fn consume(
+        self: &Arc<Self>,
+        nodes: &Nodes,
+        connected: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let names = self.amqp.names();
+        let name = format!("cio-sync worker [{}]", self.amqp.namespace);
+        let (conn, _node) = nodes.connect(&name).await?;
+        *connected = true;
         let ch = conn.create_channel().await?;
         topology::declare(&ch, &names).await?;
         // Room for the batch being processed and the next one filling up.

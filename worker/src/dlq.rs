@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use lapin::{
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection,
 };
 use shared::{
     command::Command,
@@ -115,12 +115,8 @@ pub struct Dlq {
 
 impl Dlq {
     pub async fn open(amqp: &AmqpSettings) -> anyhow::Result<Self> {
-        let names = Names::new(&amqp.namespace);
-        let conn = Connection::connect(
-            &amqp.url,
-            ConnectionProperties::default().with_connection_name("cio-sync dlq".into()),
-        )
-        .await?;
+        let names = amqp.names();
+        let (conn, _node) = shared::broker::Nodes::new(&amqp.url).connect("cio-sync dlq").await?;
         let channel = conn.create_channel().await?;
         topology::declare(&channel, &names).await?;
         let publisher = Publisher::new(amqp, "cio-sync dlq replay");

@@ -10,7 +10,7 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
-use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection, ConnectionProperties};
+use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection};
 use serde_json::json;
 use shared::publisher::Publisher;
 use sqlx::PgPool;
@@ -120,13 +120,10 @@ pub async fn refresh_gauges(st: HealthState, stop: CancellationToken) {
 }
 
 async fn open(p: &Publisher) -> Option<(Connection, lapin::Channel)> {
-    let url = p.url().to_string();
-    let conn = Connection::connect(
-        &url,
-        ConnectionProperties::default().with_connection_name("cio-sync worker (gauges)".into()),
-    )
-    .await
-    .ok()?;
+    let (conn, _node) = shared::broker::Nodes::new(p.url())
+        .connect("cio-sync worker (gauges)")
+        .await
+        .ok()?;
     let ch = conn.create_channel().await.ok()?;
     Some((conn, ch))
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use lapin::{Channel, Connection, ConnectionProperties};
-use shared::{config::AmqpSettings, publisher::Publisher, topology::Names};
+use lapin::{Channel, Connection};
+use shared::{broker::Nodes, config::AmqpSettings, publisher::Publisher, topology::Names};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub struct Broker {
-    amqp: AmqpSettings,
+    nodes: Nodes,
     pub names: Names,
     conn: Mutex<Option<Arc<Connection>>>,
     pub publisher: Publisher,
@@ -31,8 +31,8 @@ impl DlqTurn<'_> {
 impl Broker {
     pub fn new(amqp: &AmqpSettings) -> Self {
         Self {
-            amqp: amqp.clone(),
-            names: Names::new(&amqp.namespace),
+            nodes: Nodes::new(&amqp.url),
+            names: amqp.names(),
             conn: Mutex::new(None),
             publisher: Publisher::new(amqp, "cio-sync console (replays)"),
             dlq: Mutex::new(()),
@@ -45,12 +45,11 @@ impl Broker {
         if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
         }
-        let conn = Connection::connect(
-            &self.amqp.url,
-            ConnectionProperties::default().with_connection_name("cio-sync console".into()),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("RabbitMQ is unreachable: {e}"))?;
+        let (conn, _node) = self
+            .nodes
+            .connect("cio-sync console")
+            .await
+            .map_err(|e| anyhow::anyhow!("RabbitMQ is unreachable: {e}"))?;
         let ch = conn.create_channel().await?;
         shared::topology::declare(&ch, &self.names).await?;
         let _ = ch.close(200, "declared".into()).await;
