@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Offline validation of deploy/: compose file, Kubernetes manifests (KEDA included), Dockerfile.
+# Offline validation of deploy/: compose file, Kubernetes manifests (KEDA included), Dockerfile,
+# monitoring assets (alert rules, Grafana dashboard, ServiceMonitor, NetworkPolicies).
 #
 #   bash deploy/check.sh
 #
@@ -77,7 +78,7 @@ CHECK=("$PY" "$DEPLOY/check_deploy.py")
 # and the Kustomization, which are checked by other steps).
 kube_validate() {
     "$VENV/bin/kubernetes-validate" --strict --quiet "$@" 2>&1 |
-        grep -Ev "Couldn't find schema for kind (ScaledObject|TriggerAuthentication|Kustomization) "
+        grep -Ev "Couldn't find schema for kind (ScaledObject|TriggerAuthentication|Kustomization|ServiceMonitor) "
     return "${PIPESTATUS[0]}"
 }
 TMP=$(mktemp -d)
@@ -141,6 +142,28 @@ fi
 run "Dockerfile stages, users, entrypoints, COPY sources, build line (check_deploy.py dockerfile)" \
     "${CHECK[@]}" dockerfile "$DEPLOY/Dockerfile" "$ROOT"
 skip "docker build: no Docker engine is assumed here; the image itself is not built by this script"
+
+echo
+echo "== (d) monitoring: deploy/monitoring, deploy/k8s/networkpolicy.yaml"
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing promtool (Debian package prometheus)"
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }
+fi
+if command -v promtool >/dev/null 2>&1; then
+    run "alert rules (promtool check rules)" promtool check rules "$DEPLOY/monitoring/alerts.rules.yaml"
+    run "alert rules fire as expected on sample series (promtool test rules)" \
+        promtool test rules "$DEPLOY/monitoring/alerts.test.yaml"
+else
+    skip "promtool: not installed (Debian package prometheus); the rules were checked structurally only"
+fi
+run "dashboard JSON parses (python -m json.tool)" "$PY" -m json.tool "$DEPLOY/monitoring/grafana-dashboard.json" /dev/null
+run "rules and dashboard cover the README's metrics and alerts; ServiceMonitor and NetworkPolicies match the pods (check_deploy.py monitoring)" \
+    "${CHECK[@]}" monitoring "$DEPLOY/monitoring" "$ROOT/README.md" "$K8S"
+for v in "${K8S_VERSIONS[@]}"; do
+    run "worker metrics Service against the Kubernetes $v OpenAPI schemas (kubernetes-validate --strict)" \
+        kube_validate -k "$v" "$DEPLOY/monitoring/servicemonitor.yaml"
+done
 
 echo
 echo "== summary: ${#passed[@]} passed, ${#failed[@]} failed, ${#skipped[@]} skipped"

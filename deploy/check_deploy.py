@@ -5,6 +5,8 @@
     check_deploy.py k8s K8S_DIR                       Kubernetes manifests and kustomization
     check_deploy.py keda K8S_DIR                      KEDA objects (schema when available)
     check_deploy.py dockerfile DOCKERFILE REPO_ROOT   Dockerfile stages, COPY sources, build line
+    check_deploy.py monitoring MON_DIR README K8S_DIR Alert rules, dashboard, ServiceMonitor and
+                                                      NetworkPolicies against the README and k8s/
 
 Each prints one line per check and exits 1 if any failed. Needs PyYAML; the KEDA schema check
 uses cloudcoil-models-keda when it is importable and says so when it is not.
@@ -610,12 +612,113 @@ def cmd_dockerfile(dockerfile: Path, root: Path) -> None:
     check(mig.is_dir() and any(mig.glob("*.sql")), "migrations/ holds the SQL embedded at compile time")
 
 
+# ------------------------------------------------------------------------------ monitoring
+
+def readme_metrics(readme: Path) -> tuple[set[str], set[str]]:
+    """The series of the README's Metrics table, and the metrics its "Alert on" sentence names."""
+    text = readme.read_text()
+    section = text.split("### Metrics", 1)[1].split("\n### ", 1)[0]
+    table = set()
+    for line in section.splitlines():
+        if line.startswith("| `cio_"):
+            table.update(re.findall(r"`(cio_[a-z_]+)", line.split("|")[1]))
+    alert_text = section.split("Alert on", 1)[1] if "Alert on" in section else ""
+    alerts = set(re.findall(r"cio_[a-z_]+", alert_text.split("\n\n", 1)[0]))
+    if "503" in alert_text:
+        alerts.add("cio_ingress_requests_total")
+    return table, alerts
+
+
+def series_in(expr: str) -> set[str]:
+    return {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"cio_[a-z_]+", expr)}
+
+
+def cmd_monitoring(mon: Path, readme: Path, k8s_dir: Path) -> None:
+    print(f"monitoring assets: {mon}")
+    table, alert_metrics = readme_metrics(readme)
+    check(len(table) >= 10, f"README metrics table read ({len(table)} series)")
+
+    rules = yaml.safe_load((mon / "alerts.rules.yaml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for r in alerts:
+        check(bool(r.get("expr")) and r.get("labels", {}).get("severity") in ("warning", "critical")
+              and r.get("annotations", {}).get("summary"),
+              f"alert {r.get('alert')}: expr, severity and summary")
+        check(series_in(r["expr"]) <= table, f"alert {r['alert']}: uses only series of the README table",
+              str(series_in(r["expr"]) - table))
+    used = set().union(*(series_in(r["expr"]) for r in alerts)) if alerts else set()
+    check(alert_metrics <= used, "every metric of the README's alert list has an alert", str(alert_metrics - used))
+
+    dash = json.loads((mon / "grafana-dashboard.json").read_text())
+    for key in ("title", "uid", "panels", "schemaVersion"):
+        check(key in dash, f"dashboard: has {key}")
+    ids = [p.get("id") for p in dash["panels"]]
+    check(len(ids) == len(set(ids)) and None not in ids, "dashboard: unique panel ids")
+    exprs = []
+    for p in dash["panels"]:
+        g = p.get("gridPos") or {}
+        check(p.get("type") in ("timeseries", "stat") and p.get("title"), f"panel {p.get('id')}: type and title")
+        check(all(k in g for k in "xywh") and g["x"] + g["w"] <= 24, f"panel {p.get('title')}: gridPos within 24 columns")
+        targets = p.get("targets") or []
+        check(bool(targets) and all(t.get("expr") and t.get("refId") for t in targets),
+              f"panel {p.get('title')}: every target has expr and refId")
+        check(all((t.get("datasource") or {}).get("uid") == "${datasource}" for t in targets),
+              f"panel {p.get('title')}: uses the datasource variable")
+        exprs += [t["expr"] for t in targets]
+        for e in (t["expr"] for t in targets):
+            check(e.count("(") == e.count(")"), f"panel {p.get('title')}: balanced parentheses in {e}")
+    shown = set().union(*(series_in(e) for e in exprs))
+    check(table <= shown, "dashboard: every series of the README's metrics table has a panel", str(table - shown))
+    check(shown <= table, "dashboard: only series the README documents", str(shown - table))
+
+    deps = {n: d for n, d in by_kind(k8s_docs(k8s_dir), "Deployment").items()}
+    pod = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in deps.values()}
+    mon_docs = [d for d in load_all(mon / "servicemonitor.yaml") if d]
+    services = [d for d in by_kind(k8s_docs(k8s_dir), "Service").values()] + \
+        [d for d in mon_docs if d["kind"] == "Service"]
+    sms = [d for d in mon_docs if d["kind"] == "ServiceMonitor"]
+    check(len(sms) == 1, "one ServiceMonitor")
+    for sm in sms:
+        sel = sm["spec"]["selector"]
+        def selected(labels):
+            if not matches(sel.get("matchLabels"), labels):
+                return False
+            return all(labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", []) if e["operator"] == "In")
+        for comp in ("ingress", "worker"):
+            svc = [s for s in services if selected(s["metadata"].get("labels", {}))
+                   and matches(s["spec"]["selector"], pod[comp]["spec"]["template"]["metadata"]["labels"])]
+            if check(bool(svc), f"ServiceMonitor: selects a Service of the {comp} pods"):
+                ports = {pt["name"]: pt for pt in svc[0]["spec"]["ports"]}
+                for ep in sm["spec"]["endpoints"]:
+                    check(ep["port"] in ports, f"ServiceMonitor: {comp} Service has port {ep['port']}")
+                    c = pod[comp]["spec"]["template"]["spec"]["containers"][0]
+                    tp = ports.get(ep["port"], {}).get("targetPort")
+                    check(any(cp.get("name") == tp for cp in c.get("ports", [])),
+                          f"ServiceMonitor: {comp} targetPort {tp} is a container port")
+
+    for np in by_kind(k8s_docs(k8s_dir), "NetworkPolicy").values():
+        name = np["metadata"]["name"]
+        sel = np["spec"]["podSelector"]["matchLabels"]
+        target = [d for d in deps.values() if matches(sel, d["spec"]["template"]["metadata"]["labels"])]
+        if check(len(target) == 1, f"NetworkPolicy {name}: selects one Deployment's pods"):
+            c = target[0]["spec"]["template"]["spec"]["containers"][0]
+            names = {cp.get("name") for cp in c.get("ports", [])}
+            for rule in np["spec"].get("ingress", []):
+                for pt in rule.get("ports", []):
+                    check(isinstance(pt["port"], int) or pt["port"] in names,
+                          f"NetworkPolicy {name}: ingress port {pt['port']} is a container port")
+            check(any(pt.get("port") == 53 for r in np["spec"].get("egress", []) for pt in r.get("ports", [])),
+                  f"NetworkPolicy {name}: allows DNS")
+    check(len(by_kind(k8s_docs(k8s_dir), "NetworkPolicy")) == 2, "NetworkPolicy for the ingress and the worker")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__)
         return 2
     cmd, args = argv[1], [Path(a) for a in argv[2:]]
-    {"compose": cmd_compose, "k8s": cmd_k8s, "keda": cmd_keda, "dockerfile": cmd_dockerfile}[cmd](*args)
+    {"compose": cmd_compose, "k8s": cmd_k8s, "keda": cmd_keda, "dockerfile": cmd_dockerfile,
+     "monitoring": cmd_monitoring}[cmd](*args)
     if failed:
         print(f"  {len(failed)} check(s) failed")
         return 1
