@@ -277,6 +277,7 @@ mod tests {
                 url: config::DEFAULT_AMQP_URL.into(),
                 namespace: "ns".into(),
                 publish_timeout: Duration::from_secs(1),
+                quorum_group_size: None,
             },
             log_format: "text".into(),
             shutdown_grace: Duration::from_secs(1),
