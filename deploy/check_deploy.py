@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-# DESIGN.md §6, plus the three operational names the binaries also read.
+# The README's configuration table, plus the three operational names the binaries also read.
 DESIGN_ENV = {
     "DATABASE_URL", "AMQP_URL", "AMQP_NAMESPACE", "ACCESS_KEYS", "INGRESS_ADDR", "INGRESS_ADMIN_ADDR",
     "CIO_REGION",
@@ -200,10 +200,10 @@ def cmd_compose(compose: Path, env_file: Path) -> None:
 
     for name in ("migrate", "ingress", "worker"):
         names = set(env_map(svcs.get(name, {})))
-        check(names <= APP_ENV, f"{name}: environment names are DESIGN §6 names (+3 operational)",
+        check(names <= APP_ENV, f"{name}: environment names are documented names (+3 operational)",
               ", ".join(sorted(names - APP_ENV)))
     all_app = set().union(*(env_map(svcs.get(n, {})) for n in ("migrate", "ingress", "worker")))
-    check(DESIGN_ENV <= all_app, "every DESIGN §6 name is configurable in compose.yaml",
+    check(DESIGN_ENV <= all_app, "every documented name is configurable in compose.yaml",
           ", ".join(sorted(DESIGN_ENV - all_app)))
     check(EXTRA_ENV <= all_app, "SHUTDOWN_GRACE_SECS, WORKER_HTTP_ADDR, PUBLISH_TIMEOUT_SECS set",
           ", ".join(sorted(EXTRA_ENV - all_app)))
@@ -298,7 +298,7 @@ def pod_checks(name: str, spec: dict, cms, secrets) -> dict[str, dict[str, str]]
               f"{cn}: resource requests and a memory limit")
         env, dangling = container_env(c, cms, secrets)
         check(not dangling, f"{cn}: every ConfigMap/Secret reference resolves", ", ".join(dangling))
-        check(set(env) <= APP_ENV, f"{cn}: env names are DESIGN §6 names (+3 operational)",
+        check(set(env) <= APP_ENV, f"{cn}: env names are documented names (+3 operational)",
               ", ".join(sorted(set(env) - APP_ENV)))
         envs[c["name"]] = env
     return envs

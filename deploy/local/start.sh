@@ -4,7 +4,7 @@
 # Customer.io credentials are set, the Customer.io simulator seeded with demo contacts. Ends with a
 # curl that works and the console's address and sign-in token.
 #
-# Configuration is the environment of DESIGN §6 (see the README); state lives in .run/.
+# Configuration is the environment the README's configuration table lists; state lives in .run/.
 # Stop everything with deploy/local/stop.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

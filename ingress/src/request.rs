@@ -1,4 +1,4 @@
-//! Turning an HTTP request into a command (DESIGN §2): pure functions, so that every rule is
+//! Turning an HTTP request into a command: pure functions, so that every rule is
 //! unit-tested and fuzzed without a server.
 //!
 //! A request is read in two steps. [`head`] looks at the query and the headers only: a key found
@@ -8,7 +8,7 @@
 //! gives the contact.
 //!
 //! Where WP Fusion reads `$_REQUEST`, we read the query string and a form-encoded body; a JSON
-//! body gives the contact (`email`, optionally `id` and `cio_id`). Decisions where DESIGN is silent:
+//! body gives the contact (`email`, optionally `id` and `cio_id`). Decisions of ours:
 //! - the access key is checked before anything else, so an unauthenticated caller learns nothing;
 //! - more than one distinct key value (query, form and headers together) is a 400, and none of the
 //!   values is compared; a key in the head is compared before the body is read, so a form body

@@ -1,4 +1,4 @@
-//! The ingress's configuration (DESIGN §6), read once at start: the access keys with their
+//! The ingress's configuration, read once at start: the access keys with their
 //! labels, the public and admin addresses, and the limits that protect the public port.
 
 use std::{net::SocketAddr, time::Duration};

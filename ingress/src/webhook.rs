@@ -38,7 +38,7 @@ use crate::{
     server::ConnClock,
 };
 
-/// Bodies above this size are refused with 413 (DESIGN §2).
+/// Bodies above this size are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// What every request handler shares.

@@ -1,4 +1,4 @@
-//! The command the ingress publishes and the worker consumes (DESIGN §3).
+//! The command the ingress publishes and the worker consumes.
 //!
 //! The wire format is versioned in the `type` tag. A published variant's shape is frozen: a change
 //! is a new variant (`sync_v2`), and workers accept both until the queues drain. The golden tests

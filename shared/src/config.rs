@@ -1,4 +1,4 @@
-//! Reading configuration from the environment (DESIGN §6), in one place for both binaries.
+//! Reading configuration from the environment, in one place for both binaries.
 //!
 //! A missing or invalid required setting is a [`ConfigError`] that names the variable; the
 //! binaries print it on one line and exit non-zero. Values are never echoed, so secrets cannot

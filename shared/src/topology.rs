@@ -1,4 +1,4 @@
-//! The AMQP topology (DESIGN §3), declared idempotently from this one place by both binaries.
+//! The AMQP topology, declared idempotently from this one place by both binaries.
 //!
 //! ```text
 //! {ns}.commands (direct) ──"command"──▶ {ns}.commands (quorum) ──dead-letter──▶ {ns}.dead (fanout) ──▶ {ns}.dead (quorum)

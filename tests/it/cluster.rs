@@ -78,7 +78,7 @@ async fn cluster_a_node_killed_under_load_loses_no_accepted_webhook() {
     for c in &contacts {
         env.simh.add_person(c, json!({}));
     }
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{port}");
     let ingress = Proc::spawn(
         "ingress",
@@ -86,6 +86,7 @@ async fn cluster_a_node_killed_under_load_loses_no_accepted_webhook() {
         &[
             ("ACCESS_KEYS", ACCESS_KEY.to_string()),
             ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
+            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ("AMQP_URL", cluster.amqp_url()),
             ("AMQP_NAMESPACE", env.namespace.clone()),
         ],
@@ -103,7 +104,7 @@ async fn cluster_a_node_killed_under_load_loses_no_accepted_webhook() {
         .unwrap();
     wait_until("the ingress to be ready", Duration::from_secs(60), || {
         let c = client.clone();
-        let u = format!("{url}/readyz");
+        let u = format!("http://127.0.0.1:{admin_port}/readyz");
         async move { c.get(u).send().await.ok().filter(|r| r.status() == 200) }
     })
     .await;

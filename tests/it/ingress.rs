@@ -1,4 +1,4 @@
-//! The ingress endpoint, one test per row of DESIGN §2's response table, against the real broker.
+//! The ingress endpoint, one test per row of the README's response table, against the real broker.
 //! (Slow clients, keys and labels, the admin port and the limits have their own `ingress_*` files.)
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The transactional outbox (DESIGN §1, §4): the password return to Customer.io's Track API and
+//! The transactional outbox: the password return to Customer.io's Track API and
 //! the welcome e-mail over SMTP, end to end through the ingress, RabbitMQ and in-process workers,
 //! against the simulator and a real SMTP server started by the test (`testkit::smtp`).
 

@@ -1,4 +1,4 @@
-//! Spending the Customer.io budget well (issue 6): coalescing duplicates, batched reads under
+//! Spending the Customer.io budget well: coalescing duplicates, batched reads under
 //! backlog that give the same result as one-by-one reads, single calls for a lone webhook.
 
 use futures_util::{stream, StreamExt};

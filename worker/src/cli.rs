@@ -1,4 +1,4 @@
-//! The `worker` command line (DESIGN §7): `run` (default), `migrate`, `dlq …`, `events show`,
+//! The `worker` command line: `run` (default), `migrate`, `dlq …`, `events show`,
 //! `outbox …`, `console`. Operator commands need only `DATABASE_URL` and the AMQP settings (the
 //! console also its tokens).
 

@@ -1,4 +1,4 @@
-//! The welcome e-mail (DESIGN §4): sent over SMTP with lettre, from templates with the username
+//! The welcome e-mail: sent over SMTP with lettre, from templates with the username
 //! and `LOGIN_URL`, never the password. Templates are built in and can be overridden by files
 //! (`MAIL_SUBJECT`, `MAIL_TEMPLATE_FILE`); placeholders: `{username}`, `{email}`, `{login_url}`.
 

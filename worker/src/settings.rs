@@ -1,4 +1,4 @@
-//! The worker's configuration (DESIGN §6), read once at start. `worker run` needs all of it;
+//! The worker's configuration, read once at start. `worker run` needs all of it;
 //! the operator commands (`migrate`, `dlq`, `events`) need only the database and the broker.
 
 use std::{net::SocketAddr, time::Duration};

@@ -1,4 +1,4 @@
-//! Unit tests of the request rules, one per row of DESIGN §2's input table.
+//! Unit tests of the request rules, one per row of the webhook's input table (README, "Webhook URLs").
 
 use super::*;
 use crate::auth::AccessKey;

@@ -1,4 +1,4 @@
-//! App API routes (`/v1/...`, §3 of the reference): people lookups, segments, membership
+//! App API routes (`/v1/...`): people lookups, segments, membership
 //! paging and people search. Auth, rate limit and faults have already run.
 
 use axum::http::Method;

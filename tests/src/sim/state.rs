@@ -39,7 +39,7 @@ pub(crate) enum IdType {
     CioId,
 }
 
-/// A Track identifier after the §4.1 shape rules (or a v2 `identifiers` entry).
+/// A Track identifier after the Track API's identifier shape rules (or a v2 `identifiers` entry).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Ident {
     CioId(String),
@@ -232,7 +232,7 @@ impl Person {
         json!({"email": self.email, "id": self.id, "cio_id": self.cio_id})
     }
 
-    /// The §3.2 `customer` object.
+    /// The attributes response's `customer` object.
     pub fn customer_json(&self) -> Value {
         let mut attrs: Map<String, Value> = self
             .attrs
@@ -299,7 +299,7 @@ impl Segment {
         }
     }
 
-    /// The §3.5 segment object.
+    /// The catalogue's segment object.
     pub fn full_json(&self) -> Value {
         json!({
             "id": self.id,
@@ -315,7 +315,7 @@ impl Segment {
         })
     }
 
-    /// The §3.4 per-person segment object.
+    /// The per-person segment object.
     pub fn short_json(&self) -> Value {
         json!({"id": self.id, "name": self.name, "description": self.description})
     }

@@ -1,4 +1,4 @@
-//! Track API routes (`/api/v1/...`, `/api/v2/...`, §4 of the reference): identify with the
+//! Track API routes (`/api/v1/...`, `/api/v2/...`): identify with the
 //! path-shape resolution rules and limits, v2 batch, region, manual segment edits, delete.
 
 use axum::http::Method;
@@ -25,7 +25,7 @@ fn decode(seg: &str) -> String {
         .into_owned()
 }
 
-/// Enforce the §4.1 byte and count limits.
+/// Enforce the Track API's byte and count limits.
 fn validate(ident: &str, attrs: &Map<String, Value>) -> Result<(), String> {
     if ident.is_empty() {
         return Err("identifier is required".into());
@@ -51,7 +51,7 @@ fn validate(ident: &str, attrs: &Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// Identify/update one person per the §4.1 rules. `Err` only for the per-person attribute cap.
+/// Identify/update one person per the Track API's rules. `Err` only for the per-person attribute cap.
 pub(crate) fn identify(store: &mut Store, ident: &Ident, attrs: &Map<String, Value>) -> Result<(), String> {
     let update_only = attrs.get("_update").is_some_and(truthy);
     let body_id = attrs.get("id").and_then(stringify);

@@ -1,4 +1,4 @@
-//! The one Customer.io client (customerio-api.md §1–§5): region hosts or base-URL overrides,
+//! The one Customer.io client: region hosts or base-URL overrides,
 //! Bearer auth for the App API and Basic auth for Track, percent-encoded identifiers, a per-call
 //! timeout, the shared App API rate limit, and errors classified as transient or permanent.
 //!
@@ -133,7 +133,7 @@ impl CioClient {
         })
     }
 
-    /// `GET /v1/customers/{id}/attributes` (§3.2).
+    /// `GET /v1/customers/{id}/attributes`.
     pub async fn attributes(&self, who: &PersonRef) -> Result<Customer, CioError> {
         let path = format!(
             "/v1/customers/{}/attributes?id_type={}",
@@ -144,7 +144,7 @@ impl CioClient {
         Ok(env.customer)
     }
 
-    /// `GET /v1/customers/{id}/segments` (§3.4).
+    /// `GET /v1/customers/{id}/segments`.
     pub async fn person_segments(&self, who: &PersonRef) -> Result<Vec<Segment>, CioError> {
         let path = format!(
             "/v1/customers/{}/segments?id_type={}",
@@ -155,13 +155,13 @@ impl CioClient {
         Ok(env.segments)
     }
 
-    /// `GET /v1/segments` (§3.5): the whole catalogue.
+    /// `GET /v1/segments`: the whole catalogue.
     pub async fn segments(&self) -> Result<Vec<Segment>, CioError> {
         let env: SegmentsEnvelope = self.app(Method::GET, "segments", "/v1/segments", None).await?;
         Ok(env.segments)
     }
 
-    /// `POST /v1/customers/attributes` (§3.3): up to 100 people in one call; unknown ids are omitted.
+    /// `POST /v1/customers/attributes`: up to 100 people in one call; unknown ids are omitted.
     pub async fn attributes_batch(&self, ids: &[String], id_type: IdType) -> Result<Vec<Customer>, CioError> {
         let path = format!("/v1/customers/attributes?id_type={}", id_type.as_str());
         let body = serde_json::json!({ "ids": ids });
@@ -169,7 +169,7 @@ impl CioClient {
         Ok(env.customers.into_iter().map(|c| c.customer).collect())
     }
 
-    /// `GET /v1/segments/{id}/membership` (§3.7): one page.
+    /// `GET /v1/segments/{id}/membership`: one page.
     pub async fn segment_membership(
         &self,
         segment: i64,
@@ -183,7 +183,7 @@ impl CioClient {
         self.app(Method::GET, "segment_membership", &path, None).await
     }
 
-    /// `PUT /api/v1/customers/{identifier}` (§4.1) on the Track API.
+    /// `PUT /api/v1/customers/{identifier}` on the Track API.
     pub async fn identify(&self, identifier: &str, body: &Value) -> Result<(), CioError> {
         let auth = self.track_auth.as_ref().ok_or_else(|| CioError::Rejected {
             status: 0,

@@ -1,4 +1,4 @@
-//! Response shapes of the Customer.io App API, parsed leniently (customerio-api.md §2): unknown
+//! Response shapes of the Customer.io App API, parsed leniently: unknown
 //! fields are ignored, most fields are optional, and ids arrive as strings or numbers.
 
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ pub struct Identifiers {
     pub cio_id: Option<String>,
 }
 
-/// One person (`customer` in §3.2 and §3.3).
+/// One person (`customer` in the attributes responses).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Customer {
     #[serde(default, deserialize_with = "string_or_number")]
@@ -95,7 +95,7 @@ pub struct CustomersEnvelope {
     pub customers: Vec<CustomerEnvelope>,
 }
 
-/// A segment as listed by §3.4 (per person) or §3.5 (catalogue).
+/// A segment as listed per person or in the catalogue.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Segment {
     #[serde(deserialize_with = "int_lenient")]
