@@ -34,6 +34,9 @@ where
     tracing_subscriber::registry().with(filter).with(
         fmt::layer()
             .with_target(false)
+            // Colours only when the process writes to a terminal: a file or a log collector gets
+            // plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .fmt_fields(EscapingFields)
             .with_writer(writer),
     )

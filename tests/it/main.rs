@@ -2,6 +2,7 @@
 
 mod actions;
 mod binaries;
+mod clean_start;
 mod cluster;
 mod console;
 mod faults;

@@ -88,13 +88,17 @@ pub async fn refresh_gauges(st: HealthState, stop: CancellationToken) {
                 }
             }
         }
-        if amqp
-            .as_ref()
-            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        // The queue gauges wait for the consumer, which declares the topology first: a passive
+        // declare of a queue not yet declared would make the broker close the channel with an error.
+        let topology_ready = st.consuming.load(Ordering::SeqCst);
+        if topology_ready
+            && amqp
+                .as_ref()
+                .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
         {
             amqp = open(&st.publisher).await;
         }
-        if let Some((_, ch)) = &amqp {
+        if let Some((_, ch)) = amqp.as_ref().filter(|_| topology_ready) {
             let names = st.publisher.names().clone();
             for (queue, metric) in [
                 (names.dead_queue(), "cio_dead_letters"),

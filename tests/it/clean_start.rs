@@ -1,0 +1,76 @@
+//! The logs of a clean start, as an operator first sees them: plain text when not written to a
+//! terminal, and no warning or error from either binary.
+
+use std::time::Duration;
+
+use testkit::{
+    env::{amqp_url, ACCESS_KEY},
+    procs::{free_port, worker_env, Proc},
+    smtp::SmtpSink,
+    TestEnv,
+};
+
+/// Log lines of a level that means trouble (text format: the level is the second field).
+fn alarming(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|lv| lv == "WARN" || lv == "ERROR")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_start_logs_plain_text_without_warnings_or_errors() {
+    let env = TestEnv::new().await;
+    // Mail configured: without it the worker rightly warns that the welcome e-mail is off.
+    let smtp = SmtpSink::start().await;
+    let mut vars = worker_env(&env);
+    vars.extend([
+        ("SMTP_URL", smtp.url()),
+        ("MAIL_FROM", "cio-sync <noreply@example.com>".into()),
+        ("LOGIN_URL", "https://example.com/login".into()),
+        ("LOG_FORMAT", "text".into()),
+    ]);
+    let http = vars.iter().find(|(k, _)| *k == "WORKER_HTTP_ADDR").unwrap().1.clone();
+    // A fresh namespace: nothing declared yet, as on a first start.
+    let mut worker = Proc::spawn("worker", &["run"], &vars);
+    let (port, admin_port) = (free_port(), free_port());
+    let mut ingress = Proc::spawn(
+        "ingress",
+        &[],
+        &[
+            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
+            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
+            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ("AMQP_URL", amqp_url()),
+            ("AMQP_NAMESPACE", env.namespace.clone()),
+            ("LOG_FORMAT", "text".into()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    // The queue gauges appear once the worker has read the queues (after the topology exists).
+    testkit::wait_until("the worker's queue gauges", Duration::from_secs(30), || {
+        let c = client.clone();
+        let url = format!("http://{http}/metrics");
+        async move {
+            let body = c.get(url).send().await.ok()?.text().await.ok()?;
+            body.contains("cio_commands_queued").then_some(())
+        }
+    })
+    .await;
+    testkit::wait_until("the ingress ready", Duration::from_secs(30), || {
+        let c = client.clone();
+        let url = format!("http://127.0.0.1:{admin_port}/readyz");
+        async move { c.get(url).send().await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(worker.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    assert!(ingress.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    for (name, log) in [("worker", worker.output()), ("ingress", ingress.output())] {
+        assert!(log.lines().count() > 1, "{name} logged: {log}");
+        assert!(!log.contains('\u{1b}'), "{name} wrote colour codes to a file: {log:?}");
+        assert!(alarming(&log).is_empty(), "{name} on a clean start:\n{log}");
+    }
+}
