@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::{
-    env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, worker_env, Proc},
+    env::ACCESS_KEY,
+    procs::{ingress_env, worker_env, Proc},
     TestEnv,
 };
 
@@ -13,20 +13,10 @@ use testkit::{
 async fn real_binaries_turn_a_webhook_into_a_user_and_stop_cleanly() {
     let env = TestEnv::new().await;
     env.simh.add_person("bin@example.com", json!({"First Name": "Bin"}));
-    let (port, admin) = (free_port(), free_port());
-    let mut ingress = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", format!("{ACCESS_KEY},second-key-000")),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-            // The per-webhook "webhook queued" line is at debug.
-            ("RUST_LOG", "info,ingress=debug".into()),
-        ],
-    );
+    let (mut vars, port, admin) = ingress_env(&format!("{ACCESS_KEY},second-key-000"), &env.namespace);
+    // The per-webhook "webhook queued" line is at debug.
+    vars.push(("RUST_LOG", "info,ingress=debug".into()));
+    let mut ingress = Proc::spawn("ingress", &[], &vars);
     let mut worker = Proc::spawn("worker", &["run"], &worker_env(&env));
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();

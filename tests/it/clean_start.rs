@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use testkit::{
-    env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, worker_env, Proc},
+    env::ACCESS_KEY,
+    procs::{ingress_env, worker_env, Proc},
     smtp::SmtpSink,
     TestEnv,
 };
@@ -36,19 +36,9 @@ async fn a_clean_start_logs_plain_text_without_warnings_or_errors() {
     let http = vars.iter().find(|(k, _)| *k == "WORKER_HTTP_ADDR").unwrap().1.clone();
     // A fresh namespace: nothing declared yet, as on a first start.
     let mut worker = Proc::spawn("worker", &["run"], &vars);
-    let (port, admin_port) = (free_port(), free_port());
-    let mut ingress = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-            ("LOG_FORMAT", "text".into()),
-        ],
-    );
+    let (mut ingress_vars, _, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    ingress_vars.push(("LOG_FORMAT", "text".into()));
+    let mut ingress = Proc::spawn("ingress", &[], &ingress_vars);
     let client = reqwest::Client::new();
     // The queue gauges appear once the worker has read the queues (after the topology exists).
     testkit::wait_until("the worker's queue gauges", Duration::from_secs(30), || {

@@ -19,7 +19,7 @@ use shared::{broker::Nodes, publisher::Publisher};
 use testkit::{
     cluster::Cluster,
     env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, worker_env, Proc},
+    procs::{free_port, ingress_env, worker_env, Proc},
     wait_for, wait_until, TestEnv,
 };
 use uuid::Uuid;
@@ -78,19 +78,11 @@ async fn cluster_a_node_killed_under_load_loses_no_accepted_webhook() {
     for c in &contacts {
         env.simh.add_person(c, json!({}));
     }
-    let (port, admin_port) = (free_port(), free_port());
+    let (mut ingress_vars, port, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    // The later value wins: the cluster's nodes instead of the system broker.
+    ingress_vars.push(("AMQP_URL", cluster.amqp_url()));
     let url = format!("http://127.0.0.1:{port}");
-    let ingress = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AMQP_URL", cluster.amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-        ],
-    );
+    let ingress = Proc::spawn("ingress", &[], &ingress_vars);
     let worker = || {
         let mut vars = worker_env(&env);
         vars.push(("AMQP_URL", cluster.amqp_url()));

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use testkit::{
-    env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, Proc},
+    env::ACCESS_KEY,
+    procs::{ingress_env, Proc},
     wait_until, TestEnv,
 };
 
@@ -21,18 +21,8 @@ fn series(metrics: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_readiness_are_on_the_admin_port_only_and_readiness_is_cached() {
     let env = TestEnv::new().await;
-    let (port, admin_port) = (free_port(), free_port());
-    let mut p = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-        ],
-    );
+    let (vars, port, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    let mut p = Proc::spawn("ingress", &[], &vars);
     let (public, admin) = (
         format!("http://127.0.0.1:{port}"),
         format!("http://127.0.0.1:{admin_port}"),

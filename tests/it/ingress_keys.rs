@@ -8,8 +8,8 @@ use ingress::auth::AccessKey;
 use lapin::{options::BasicGetOptions, types::AMQPValue};
 use serde_json::{json, Value};
 use testkit::{
-    env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, Proc},
+    env::ACCESS_KEY,
+    procs::{ingress_env, Proc},
     TestEnv,
 };
 
@@ -159,19 +159,8 @@ async fn several_distinct_keys_are_refused_and_basic_auth_carries_one() {
 }
 
 fn start_binary(keys: &str, namespace: &str) -> (Proc, u16, u16) {
-    let (port, admin) = (free_port(), free_port());
-    let p = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", keys.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", namespace.to_string()),
-        ],
-    );
-    (p, port, admin)
+    let (vars, port, admin) = ingress_env(keys, namespace);
+    (Proc::spawn("ingress", &[], &vars), port, admin)
 }
 
 #[test]

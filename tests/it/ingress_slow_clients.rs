@@ -11,8 +11,8 @@ use std::{
 };
 
 use testkit::{
-    env::{amqp_url, ACCESS_KEY},
-    procs::{free_port, Proc},
+    env::ACCESS_KEY,
+    procs::{ingress_env, Proc},
     wait_for, wait_until, TestEnv,
 };
 use tokio::{
@@ -180,21 +180,13 @@ async fn trickle(a: SocketAddr, start: String, stop: CancellationToken, opened: 
 async fn thousands_of_trickling_connections_neither_starve_a_webhook_nor_pile_up_descriptors() {
     const CAP: usize = 1000;
     let env = TestEnv::new().await;
-    let (port, admin_port) = (free_port(), free_port());
-    let mut p = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-            ("INGRESS_MAX_CONNECTIONS", CAP.to_string()),
-            ("INGRESS_HEADER_TIMEOUT_SECS", "4".into()),
-            ("INGRESS_BODY_TIMEOUT_SECS", "4".into()),
-        ],
-    );
+    let (mut vars, port, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    vars.extend([
+        ("INGRESS_MAX_CONNECTIONS", CAP.to_string()),
+        ("INGRESS_HEADER_TIMEOUT_SECS", "4".into()),
+        ("INGRESS_BODY_TIMEOUT_SECS", "4".into()),
+    ]);
+    let mut p = Proc::spawn("ingress", &[], &vars);
     let pid = p.child.id();
     let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin = format!("http://127.0.0.1:{admin_port}");

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::{
-    env::{amqp_url, ACCESS_KEY, SECRETS_KEY},
-    procs::{free_port, worker_env, Proc},
+    env::{ACCESS_KEY, SECRETS_KEY},
+    procs::{free_port, ingress_env, worker_env, Proc},
     wait_for, wait_until, TestEnv,
 };
 
@@ -18,21 +18,14 @@ async fn scrape(url: &str) -> String {
 async fn metrics_logs_and_redaction_after_real_traffic() {
     let env = TestEnv::new().await;
     env.simh.add_person("obs@example.com", json!({"First Name": "Obs"}));
-    let (iport, iadmin, wport) = (free_port(), free_port(), free_port());
-    let mut ingress = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{iport}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{iadmin}")),
-            ("AMQP_URL", amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-            ("LOG_FORMAT", "json".into()),
-            // The per-webhook "webhook queued" line is at debug.
-            ("RUST_LOG", "info,ingress=debug".into()),
-        ],
-    );
+    let (mut ingress_vars, iport, iadmin) = ingress_env(ACCESS_KEY, &env.namespace);
+    ingress_vars.extend([
+        ("LOG_FORMAT", "json".into()),
+        // The per-webhook "webhook queued" line is at debug.
+        ("RUST_LOG", "info,ingress=debug".into()),
+    ]);
+    let mut ingress = Proc::spawn("ingress", &[], &ingress_vars);
+    let wport = free_port();
     let mut vars = worker_env(&env);
     vars.retain(|(k, _)| *k != "WORKER_HTTP_ADDR");
     vars.extend([

@@ -111,6 +111,20 @@ pub fn worker_env(env: &crate::TestEnv) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The environment of an `ingress` process with `keys` (`ACCESS_KEYS`) on `namespace` of the
+/// test broker, on two free ports: returns the variables and the public and admin ports.
+pub fn ingress_env(keys: &str, namespace: &str) -> (Vec<(&'static str, String)>, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let vars = vec![
+        ("ACCESS_KEYS", keys.to_string()),
+        ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
+        ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("AMQP_URL", crate::env::amqp_url()),
+        ("AMQP_NAMESPACE", namespace.to_string()),
+    ];
+    (vars, port, admin)
+}
+
 /// Runs `worker <args>` (an operator command) against a test environment; returns (code, stdout+stderr).
 pub fn worker_cmd(env: &crate::TestEnv, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin_dir().join("worker"))

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     env::ACCESS_KEY,
-    procs::{free_port, worker_env, Proc},
+    procs::{ingress_env, worker_env, Proc},
     TestEnv,
 };
 use report::{peak_rss_mb, peak_rss_mib};
@@ -125,19 +125,9 @@ pub async fn run(o: Options) -> Report {
 
 /// Starts the release ingress against `env`; returns the process and its public URL.
 async fn start_ingress(env: &TestEnv) -> (Proc, String) {
-    let (port, admin_port) = (free_port(), free_port());
-    let p = Proc::spawn(
-        "ingress",
-        &[],
-        &[
-            ("ACCESS_KEYS", ACCESS_KEY.to_string()),
-            ("INGRESS_ADDR", format!("127.0.0.1:{port}")),
-            ("INGRESS_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AMQP_URL", crate::env::amqp_url()),
-            ("AMQP_NAMESPACE", env.namespace.clone()),
-            ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
-        ],
-    );
+    let (mut vars, port, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    vars.push(("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())));
+    let p = Proc::spawn("ingress", &[], &vars);
     let url = format!("http://127.0.0.1:{port}");
     let c = reqwest::Client::new();
     crate::wait_until("the ingress to be ready", Duration::from_secs(30), || {
