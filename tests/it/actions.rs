@@ -2,35 +2,13 @@
 //! a batch of one) against the real database and the simulator.
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use chrono::Utc;
 use serde_json::json;
-use shared::command::{Action, Contact, SyncV1};
-use testkit::TestEnv;
-use uuid::Uuid;
-use worker::{
-    sync::{ledger::EventStatus, Outcome},
-    Worker,
+use shared::command::Action;
+use testkit::{
+    pipeline::{command as cmd, run_one as run},
+    TestEnv,
 };
-
-fn cmd(action: Action, email: &str) -> SyncV1 {
-    SyncV1 {
-        event_id: Uuid::new_v4(),
-        received_at: Utc::now(),
-        action,
-        contact: Contact {
-            email: shared::email::parse(email).unwrap(),
-            id: None,
-            cio_id: None,
-        },
-        send_notification: false,
-        role: None,
-        tags: None,
-    }
-}
-
-async fn run(w: &Worker, c: &SyncV1) -> Outcome {
-    testkit::pipeline::run_one(w, c).await
-}
+use worker::sync::{ledger::EventStatus, Outcome};
 
 fn seed_jane(env: &TestEnv) -> String {
     env.simh.add_segment(1, "VIP", "manual");

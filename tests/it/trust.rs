@@ -13,7 +13,7 @@ use std::{
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use chrono::Utc;
 use serde_json::json;
-use shared::command::{Action, Contact, SyncV1};
+use shared::command::{Action, SyncV1};
 use testkit::{
     env::SECRETS_KEY,
     sim::{Api, Fault, FaultKind},
@@ -33,25 +33,7 @@ const OTHER_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn cmd(action: Action, email: &str) -> SyncV1 {
-    SyncV1 {
-        event_id: Uuid::new_v4(),
-        received_at: Utc::now(),
-        action,
-        contact: Contact {
-            email: shared::email::parse(email).unwrap(),
-            id: None,
-            cio_id: None,
-        },
-        send_notification: false,
-        role: None,
-        tags: None,
-    }
-}
-
-async fn run(w: &Worker, c: &SyncV1) -> Outcome {
-    testkit::pipeline::run_one(w, c).await
-}
+use testkit::pipeline::{command as cmd, run_one as run};
 
 /// One command at a given delivery attempt.
 async fn run_attempt(w: &Worker, c: &SyncV1, attempt: u32) -> Settlement {

@@ -1,7 +1,9 @@
 //! Running commands through the worker's pipeline directly (no broker): what the action tests use.
 //! It is the same function `worker run` calls for every batch it consumes.
 
-use shared::command::SyncV1;
+use chrono::Utc;
+use shared::command::{Action, Contact, SyncV1};
+use uuid::Uuid;
 use worker::{
     sync::{self, Incoming, Outcome, Settlement},
     Worker,
@@ -25,5 +27,22 @@ pub async fn run_one(w: &Worker, cmd: &SyncV1) -> Outcome {
     match run(w, std::slice::from_ref(cmd)).await.remove(0) {
         Settlement::Done(outcome) => outcome,
         other => panic!("the command failed: {other:?}"),
+    }
+}
+
+/// A fresh command for `email`, received now, with no URL state and no notification.
+pub fn command(action: Action, email: &str) -> SyncV1 {
+    SyncV1 {
+        event_id: Uuid::new_v4(),
+        received_at: Utc::now(),
+        action,
+        contact: Contact {
+            email: shared::email::parse(email).expect("a valid address"),
+            id: None,
+            cio_id: None,
+        },
+        send_notification: false,
+        role: None,
+        tags: None,
     }
 }
