@@ -60,11 +60,13 @@ pub async fn run(o: &Options, r: &mut Report) {
     let created = world::succeeded(&env).await;
     let rate = users as f64 / secs;
 
-    // Successful (200) Track PUTs carrying a password, by contact.
+    // Successful (200) Track PUTs carrying a password, by contact (the worker addresses a person
+    // by `cio_<id>` when it knows the id).
     let mut puts = BTreeMap::<String, usize>::new();
     for p in env.simh.track_puts() {
         if p.body.get("password").is_some_and(|v| v.is_string()) {
-            *puts.entry(p.identifier.to_lowercase()).or_default() += 1;
+            let email = env.simh.email_of(&p.identifier).unwrap_or(p.identifier);
+            *puts.entry(email.to_lowercase()).or_default() += 1;
         }
     }
     let once = (0..n).all(|i| puts.get(&world::new_email(i)) == Some(&1));
