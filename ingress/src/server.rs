@@ -79,6 +79,8 @@ pub struct ConnClock {
     since: AtomicU64,
     evicted: AtomicBool,
     evict: Notify,
+    /// Wakes the watchdog when the state changes, so it sleeps on the new state's deadline.
+    changed: Notify,
     /// Where an evicted connection hands its place (its permit) to the one that evicted it.
     handoff: Mutex<Option<oneshot::Sender<OwnedSemaphorePermit>>>,
 }
@@ -90,6 +92,7 @@ impl ConnClock {
             since: AtomicU64::new(millis()),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
+            changed: Notify::new(),
             handoff: Mutex::new(None),
         }
     }
@@ -97,6 +100,7 @@ impl ConnClock {
     fn set(&self, state: u8) {
         self.since.store(millis(), Ordering::Release);
         self.state.store(state, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// Bytes arrived: after an idle pause, a new request head has begun.
@@ -132,17 +136,20 @@ impl ConnClock {
         }
     }
 
-    /// Resolves when the connection has overstayed its current state.
+    /// Resolves when the connection has overstayed its current state. Re-reads the state whenever
+    /// it changes: a connection watched while fresh (header timeout) that then idles between
+    /// requests must be cut at the idle timeout, not at the deadline it was first given.
     async fn expired(&self, limits: &Limits) -> Timeout {
         loop {
+            let changed = self.changed.notified();
             let state = self.state.load(Ordering::Acquire);
             let since = self.since.load(Ordering::Acquire);
             let (limit, phase) = match state {
                 FRESH | HEAD => (limits.header_timeout, Timeout::Head),
                 IDLE => (limits.idle_timeout, Timeout::Idle),
-                // The handler bounds the body and the publish.
+                // The handler bounds the body and the publish: wait for the next state.
                 _ => {
-                    tokio::time::sleep(limits.header_timeout).await;
+                    changed.await;
                     continue;
                 }
             };
@@ -151,7 +158,10 @@ impl ConnClock {
             if now >= deadline {
                 return phase;
             }
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                _ = changed => {}
+            }
         }
     }
 }

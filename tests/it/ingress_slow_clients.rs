@@ -83,20 +83,60 @@ async fn a_connection_that_sends_no_complete_head_is_closed_after_the_header_tim
     }
 }
 
+/// The value of an unlabelled gauge on the ingress's metrics page.
+async fn gauge(admin: &str, name: &str) -> Option<f64> {
+    let page = reqwest::get(format!("{admin}/metrics")).await.ok()?.text().await.ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
-    let mut env = TestEnv::new().await;
-    let a = ingress_with(&mut env, |l| {
-        l.idle_timeout = Duration::from_secs(1);
-        l.header_timeout = Duration::from_secs(30);
+    // The real binary, so that its open-connection gauge is its own: the request is sent only once
+    // the ingress is watching the connection, i.e. its clock started in the header phase (30 s)
+    // and must move to the idle deadline (1 s) when the answer has gone out.
+    let env = TestEnv::new().await;
+    let (mut vars, port, admin_port) = ingress_env(ACCESS_KEY, &env.namespace);
+    vars.extend([
+        ("INGRESS_IDLE_TIMEOUT_SECS", "1".to_string()),
+        ("INGRESS_HEADER_TIMEOUT_SECS", "30".into()),
+    ]);
+    let mut p = Proc::spawn("ingress", &[], &vars);
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    wait_until("the ingress to be ready", Duration::from_secs(30), || {
+        let u = format!("{admin}/readyz");
+        async move { reqwest::get(u).await.ok().filter(|r| r.status() == 200) }
     })
     .await;
-    let mut s = TcpStream::connect(a).await.unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    wait_for(
+        "the ingress to watch the connection",
+        Duration::from_secs(10),
+        || async {
+            match gauge(&admin, "cio_ingress_connections").await {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("open connections: {other:?}")),
+            }
+        },
+    )
+    .await;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(status_of(&mut s, Duration::from_secs(5)).await, Some(200));
     // Kept alive, then cut by the idle timeout (1 s), long before the header timeout (30 s).
     let took = closed_after(&mut s, Duration::from_secs(10)).await;
     assert!(took >= Duration::from_millis(500), "{took:?}");
+    let cut = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        cut.lines()
+            .any(|l| l.starts_with("cio_ingress_timeouts_total{phase=\"idle\"} 1")),
+        "{cut}"
+    );
+    assert!(p.terminate(Duration::from_secs(10)).unwrap().success());
 }
 
 #[tokio::test]
