@@ -10,6 +10,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 . deploy/local/services.sh
 ensure_services
+# The ingress step drives the ingress with wrk.
+command -v wrk >/dev/null || apt_install wrk || { echo "wrk is needed for the ingress step (or pass --skip-ingress)" >&2; exit 1; }
 say "building the release binaries"
 cargo build --release --quiet -p ingress -p worker -p cio-sync-tests --bin ingress --bin worker --bin cio-bench
 say "running the benchmark"

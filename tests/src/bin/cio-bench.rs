@@ -8,9 +8,10 @@ use clap::Parser;
     about = "cio-sync benchmark: ingress vs broker ceiling, worker syncs/s, burst drain at 10 req/s, add burst, large membership snapshot, peak RSS per step"
 )]
 struct Args {
-    /// Webhooks sent in the ingress run.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
+    /// Seconds of webhook load (from wrk) in the ingress step, split over four rounds that
+    /// alternate with the broker's ceiling.
+    #[arg(long, default_value_t = 12)]
+    ingress_seconds: u64,
     /// Concurrent HTTP connections (and in-flight publishes for the broker ceiling).
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -48,7 +49,7 @@ fn main() {
         .build()
         .unwrap();
     let report = rt.block_on(testkit::bench::run(testkit::bench::Options {
-        requests: a.requests,
+        ingress_seconds: a.ingress_seconds,
         connections: a.connections,
         contacts: a.contacts,
         segments: a.segments,
