@@ -1,6 +1,6 @@
-//! Step 1: the ingress's accepted webhooks/s and latency, beside the broker's own ceiling for the
-//! same publishes, in alternating rounds so that both see the same shared machine; and the CPU time
-//! the ingress spends per webhook.
+//! Step 1: the ingress's accepted webhooks/s and latency under wrk, at each concurrency level beside
+//! the broker's own ceiling for the same publishes at the same number in flight, in alternating
+//! rounds so that both see the same shared machine; and the CPU time the ingress spends per webhook.
 
 use std::time::Duration;
 
@@ -30,9 +30,18 @@ pub async fn run(o: &Options, r: &mut Report) {
     // and confirmed by this process, on a fresh namespace.
     let env2 = TestEnv::new().await;
     let publisher = Publisher::new(&env2.amqp(), "cio-bench ceiling");
-    let connections = o.connections;
+    for &connections in &o.ingress_connections {
+        level(o, r, &url, pid, &publisher, connections).await;
+    }
+    r.ingress_rss("ingress", &ingress);
+    ingress.terminate(Duration::from_secs(10));
+}
+
+/// One concurrency level: rounds of wrk load alternating with the broker's ceiling at the same
+/// number in flight, and the targets judged on the pooled rounds.
+async fn level(o: &Options, r: &mut Report, url: &str, pid: u32, publisher: &Publisher, connections: usize) {
     let webhooks = |tag: String, seconds: u64| {
-        let url = url.clone();
+        let url = url.to_string();
         async move {
             tokio::task::spawn_blocking(move || {
                 wrk::webhooks(
@@ -48,24 +57,28 @@ pub async fn run(o: &Options, r: &mut Report) {
             .expect("wrk")
         }
     };
-    // Warm up connections and the broker channels.
-    webhooks("warm".into(), 1).await;
-    load::publishes(&publisher, 500, connections, |i| {
-        load::command(Action::Update, format!("warm{i}@bench.example.com"))
+    // Warm up the connections and the broker channels.
+    webhooks(format!("w{connections}-"), 1).await;
+    load::publishes(publisher, 500, connections, move |i| {
+        load::command(Action::Update, format!("w{connections}-{i}@bench.example.com"))
     })
     .await;
     let (mut runs, mut ceilings, mut cpu) = (Vec::new(), Vec::new(), Some(0.0));
     let add = |total: Option<f64>, before: Option<f64>, after: Option<f64>| Some(total? + after? - before?);
     for round in 0..ROUNDS {
         let before = report::cpu_seconds(pid);
-        let run = webhooks(format!("r{round}-"), (o.ingress_seconds / ROUNDS as u64).max(1)).await;
+        let run = webhooks(
+            format!("c{connections}r{round}-"),
+            (o.ingress_seconds / ROUNDS as u64).max(1),
+        )
+        .await;
         cpu = add(cpu, before, report::cpu_seconds(pid));
         // The ceiling publishes as many commands as the ingress accepted in the round.
         let n = run.count;
         runs.push(run);
         ceilings.push(
-            load::publishes(&publisher, n, connections, move |i| {
-                load::command(Action::Update, format!("c{round}-{i}@bench.example.com"))
+            load::publishes(publisher, n, connections, move |i| {
+                load::command(Action::Update, format!("p{connections}r{round}-{i}@bench.example.com"))
             })
             .await,
         );
@@ -73,7 +86,7 @@ pub async fn run(o: &Options, r: &mut Report) {
     let (run, ceiling) = (load::Run::merge(runs), load::Run::merge(ceilings));
     let p99 = percentile(&run.latencies, 99.0);
     r.line(format!(
-        "ingress (wrk): {} webhooks at {connections} connections ({ROUNDS} rounds alternating with the ceiling): {:.0} accepted/s, p50 {}, p99 {}, {} failed",
+        "ingress (wrk) at {connections} connections: {} webhooks in {ROUNDS} rounds alternating with the ceiling: {:.0} accepted/s, p50 {}, p99 {}, {} failed",
         run.count,
         run.per_second(),
         ms(percentile(&run.latencies, 50.0)),
@@ -84,32 +97,35 @@ pub async fn run(o: &Options, r: &mut Report) {
     // throughput it hardly depends on what else the machine is doing.
     if let Some(c) = cpu {
         r.line(format!(
-            "ingress CPU: {c:.2} s for {} webhooks, {:.0} µs per webhook",
+            "ingress CPU at {connections} connections: {c:.2} s for {} webhooks, {:.0} µs per webhook",
             run.count,
             c * 1e6 / run.count as f64,
         ));
     }
-    r.ingress_rss("ingress", &ingress);
-    ingress.terminate(Duration::from_secs(10));
     r.line(format!(
-        "broker ceiling: {} confirmed persistent mandatory publishes at {} in flight: {:.0}/s, p50 {}, p99 {}",
+        "broker ceiling at {connections} in flight: {} confirmed persistent mandatory publishes: {:.0}/s, p50 {}, p99 {}",
         ceiling.count,
-        connections,
         ceiling.per_second(),
         ms(percentile(&ceiling.latencies, 50.0)),
         ms(percentile(&ceiling.latencies, 99.0))
     ));
     let share = run.per_second() / ceiling.per_second();
     r.target(
-        format!("ingress at {:.0}% of the broker's ceiling (≥ 60%)", share * 100.0),
+        format!(
+            "{connections} connections: ingress at {:.0}% of the broker's ceiling (≥ 60%)",
+            share * 100.0
+        ),
         share >= 0.6,
     );
     r.target(
-        format!("ingress p99 {} (≤ 10 ms)", ms(p99)),
+        format!("{connections} connections: ingress p99 {} (≤ 10 ms)", ms(p99)),
         p99 <= Duration::from_millis(10),
     );
     r.target(
-        format!("every webhook answered 200 ({} failed)", run.failures),
+        format!(
+            "{connections} connections: every webhook answered 200 ({} failed)",
+            run.failures
+        ),
         run.failures == 0,
     );
 }

@@ -3,7 +3,7 @@
 //! skipped, starts its own processes (so that each peak RSS belongs to one step) and prints its
 //! figures beside their targets:
 //!
-//! 1. ingress: accepted webhooks/s and p50/p99 at N connections driven by wrk, beside the broker's own ceiling
+//! 1. ingress: accepted webhooks/s and p50/p99 driven by wrk at each of a few concurrency levels, beside the broker's own ceiling
 //!    (confirmed, persistent, mandatory publishes of the same command, same queue kind, same
 //!    concurrency), in alternating rounds so that both see the same shared machine; and the
 //!    ingress's CPU time per webhook;
@@ -40,6 +40,8 @@ use report::{peak_rss_mb, peak_rss_mib};
 pub struct Options {
     /// Seconds of wrk load in the ingress step, over all rounds.
     pub ingress_seconds: u64,
+    /// The concurrency levels of the ingress step, each measured against the ceiling.
+    pub ingress_connections: Vec<usize>,
     pub connections: usize,
     pub contacts: usize,
     pub segments: i64,

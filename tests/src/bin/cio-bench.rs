@@ -12,7 +12,11 @@ struct Args {
     /// alternate with the broker's ceiling.
     #[arg(long, default_value_t = 12)]
     ingress_seconds: u64,
-    /// Concurrent HTTP connections (and in-flight publishes for the broker ceiling).
+    /// Concurrent connections of the ingress step (each level also sets the in-flight publishes
+    /// of its broker ceiling); a comma-separated list measures each level in turn.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+    ingress_connections: Vec<usize>,
+    /// Concurrent publishes or HTTP connections of the worker steps' load.
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Distinct contacts in the worker runs.
@@ -50,6 +54,7 @@ fn main() {
         .unwrap();
     let report = rt.block_on(testkit::bench::run(testkit::bench::Options {
         ingress_seconds: a.ingress_seconds,
+        ingress_connections: a.ingress_connections,
         connections: a.connections,
         contacts: a.contacts,
         segments: a.segments,
