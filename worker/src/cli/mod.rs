@@ -1,15 +1,23 @@
-//! The `worker` command line: `run` (default), `migrate`, `dlq …`, `events show`,
-//! `outbox …`, `console`. Operator commands need only `DATABASE_URL` and the AMQP settings (the
-//! console also its tokens).
+//! The `worker` command line: `run` (default), `check`, `migrate`, `dlq …`, `events …`,
+//! `outbox …`, `prune`, `erase`, `console`. Operator commands need only `DATABASE_URL` and the AMQP
+//! settings (`check` the whole configuration, the console also its tokens).
+//!
+//! Every list and show command prints text for people (the default) or, with `--output json`,
+//! JSON for scripts: a list is JSON lines (one object per line, nothing else on stdout; counts go
+//! to stderr), a show is one object. Usage errors exit with 2, failures with 1.
 
-use std::io::Write;
+mod check;
+mod dlq;
+mod events;
+mod migrate;
+mod outbox;
+mod retention;
 
-use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
 use shared::config::{self, AmqpSettings};
 use uuid::Uuid;
-
-use crate::dlq::{self, Dlq, Filter};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,18 +30,37 @@ pub struct Cli {
     pub command: Option<Cmd>,
 }
 
+/// How a list or show command prints.
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Text,
+    /// JSON: one object per line for lists, one object for a show.
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Consume commands and deliver the outbox until SIGTERM (the default).
     Run,
-    /// Apply the database migrations.
-    Migrate,
-    /// Inspect and reprocess the dead-letter queue.
+    /// Check every configured dependency and credential without changing anything.
+    ///
+    /// One line per check (`ok`, `FAIL` or `skip`); exits 1 when any check fails. Reads the same
+    /// configuration as `run`.
+    Check,
+    /// Apply the database migrations (or, with --status, list them).
+    Migrate {
+        /// List applied and pending migrations, one line each, changing nothing.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Inspect, reprocess and purge the dead-letter queue.
     Dlq {
         #[command(subcommand)]
         command: DlqCmd,
     },
-    /// Show what happened to a webhook.
+    /// Find webhooks and show what happened to them.
     Events {
         #[command(subcommand)]
         command: EventsCmd,
@@ -42,6 +69,17 @@ pub enum Cmd {
     Outbox {
         #[command(subcommand)]
         command: OutboxCmd,
+    },
+    /// Delete finished events, their log lines and idle coalescing rows older than an age.
+    Prune {
+        /// An age like 30d, 12h (or an RFC 3339 time): what finished before it is deleted.
+        #[arg(long)]
+        older_than: String,
+    },
+    /// Delete one person's events, log lines and coalescing rows (the user row stays).
+    Erase {
+        #[arg(long)]
+        email: String,
     },
     /// Serve the operator console (web pages and a JSON API) until SIGTERM.
     ///
@@ -54,10 +92,25 @@ pub enum Cmd {
 
 #[derive(Subcommand, Debug)]
 pub enum DlqCmd {
-    /// One line per dead letter: event id, action, contact, attempts, age, last error.
-    List,
+    /// Dead letters in queue order: event id, action, contact, attempts, age, last error.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Everything about one dead letter.
-    Show { event_id: String },
+    Show {
+        event_id: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Send dead letters back to the commands queue.
     Replay {
         /// Event ids to replay.
@@ -71,24 +124,65 @@ pub enum DlqCmd {
         #[arg(long)]
         since: Option<String>,
     },
-    /// Delete every dead letter.
+    /// Delete dead letters for good, after saving each to a JSON-lines file.
+    ///
+    /// Without --yes, prints what would be deleted (and --all is refused).
     Purge {
-        /// Confirm that the dead letters are to be deleted.
+        /// Event ids to delete.
+        ids: Vec<String>,
+        /// Every dead letter (narrowed by --action and --since); needs --yes.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Delete (otherwise only list what would be deleted).
         #[arg(long)]
         yes: bool,
+        /// Where the deleted letters are saved (default: dlq-purge-<timestamp>.jsonl here).
+        #[arg(long)]
+        to: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum EventsCmd {
+    /// Recent events, newest first.
+    List {
+        /// The contact's e-mail (matched as users are, regardless of case).
+        #[arg(long)]
+        email: Option<String>,
+        /// processing, succeeded, no_user, contact_not_found, rejected, retrying or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// add, update, update_tags, …
+        #[arg(long)]
+        action: Option<String>,
+        /// Only those received since this time (RFC 3339) or age (30m, 6h, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The event's status and its log lines.
-    Show { event_id: Uuid },
+    Show {
+        event_id: Uuid,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum OutboxCmd {
     /// Rows that are pending or dead.
-    List,
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Put dead rows back to pending.
     Replay {
         ids: Vec<i64>,
@@ -97,8 +191,7 @@ pub enum OutboxCmd {
     },
 }
 
-type OutboxLine = (i64, String, String, String, i32, Option<String>, Uuid);
-
+/// A usage or configuration error: says why on stderr and exits with 2.
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("{msg}");
     std::process::exit(2);
@@ -115,6 +208,11 @@ fn amqp() -> AmqpSettings {
     AmqpSettings::from_env().unwrap_or_else(|e| fail(e))
 }
 
+/// Prints one JSON value on one line.
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
 /// Runs an operator command; returns the process exit code.
 pub async fn operate(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
@@ -122,189 +220,14 @@ pub async fn operate(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Console => {
             let settings = crate::console::ConsoleSettings::from_env().unwrap_or_else(|e| fail(e));
             crate::console::run_from_env(settings, shared::shutdown::signal()).await?;
+            Ok(0)
         }
-        Cmd::Migrate => {
-            let pool = pool().await;
-            shared::MIGRATOR.run(&pool).await?;
-            println!("migrations applied");
-        }
-        Cmd::Dlq { command } => return dlq_cmd(command).await,
-        Cmd::Events {
-            command: EventsCmd::Show { event_id },
-        } => return show_event(event_id).await,
-        Cmd::Outbox { command } => {
-            let pool = pool().await;
-            match command {
-                OutboxCmd::List => {
-                    let rows: Vec<OutboxLine> = sqlx::query_as(
-                        "select id, kind, status, recipient, attempts, last_error, event_id from outbox
-                         where status in ('pending', 'dead') order by id",
-                    )
-                    .fetch_all(&pool)
-                    .await?;
-                    println!(
-                        "{:>6}  {:<15}  {:<7}  {:<30}  {:>3}  {:<36}  last error",
-                        "id", "kind", "status", "recipient", "try", "event"
-                    );
-                    for (id, kind, status, to, n, err, ev) in &rows {
-                        println!(
-                            "{id:>6}  {kind:<15}  {status:<7}  {to:<30}  {n:>3}  {ev}  {}",
-                            err.as_deref().unwrap_or("-")
-                        );
-                    }
-                    println!("{} row(s)", rows.len());
-                }
-                OutboxCmd::Replay { ids, all } => {
-                    if ids.is_empty() && !all {
-                        fail("name outbox ids, or --all");
-                    }
-                    let n = crate::outbox::replay(&pool, if all { &[] } else { &ids }).await?;
-                    println!("{n} row(s) put back to pending");
-                }
-            }
-        }
+        Cmd::Check => Ok(check::run().await),
+        Cmd::Migrate { status } => migrate::run(status).await,
+        Cmd::Dlq { command } => dlq::run(command).await,
+        Cmd::Events { command } => events::run(command).await,
+        Cmd::Outbox { command } => outbox::run(command).await,
+        Cmd::Prune { older_than } => retention::prune(&older_than).await,
+        Cmd::Erase { email } => retention::erase(&email).await,
     }
-    Ok(0)
-}
-
-async fn dlq_cmd(cmd: DlqCmd) -> anyhow::Result<i32> {
-    let q = Dlq::open(&amqp()).await?;
-    let code = match cmd {
-        DlqCmd::List => {
-            let all = q.take_all().await?;
-            println!(
-                "{:<36}  {:<11}  {:<30}  {:>3}  {:>5}  last error",
-                "event id", "action", "contact", "try", "age"
-            );
-            for d in &all {
-                let err: String = d.error.chars().take(100).collect();
-                println!(
-                    "{:<36}  {:<11}  {:<30}  {:>3}  {:>5}  {err}",
-                    d.event_id,
-                    d.action,
-                    d.contact,
-                    d.attempts,
-                    dlq::age(d.last_failure)
-                );
-            }
-            println!("{} dead letter(s)", all.len());
-            0
-        }
-        DlqCmd::Show { event_id } => {
-            let all = q.take_all().await?;
-            match all.iter().find(|d| d.event_id.eq_ignore_ascii_case(&event_id)) {
-                None => {
-                    eprintln!("no dead letter with event id {event_id}");
-                    1
-                }
-                Some(d) => {
-                    println!("event id:       {}", d.event_id);
-                    println!("action:         {}", d.action);
-                    println!("contact:        {}", d.contact);
-                    println!("attempts:       {}", d.attempts);
-                    println!(
-                        "first failure:  {}",
-                        d.first_failure.map(|t| t.to_rfc3339()).unwrap_or("?".into())
-                    );
-                    println!(
-                        "last failure:   {}",
-                        d.last_failure.map(|t| t.to_rfc3339()).unwrap_or("?".into())
-                    );
-                    println!("error:          {}", d.error);
-                    println!("command:        {}", String::from_utf8_lossy(&d.body));
-                    0
-                }
-            }
-        }
-        DlqCmd::Replay {
-            ids,
-            all,
-            action,
-            since,
-        } => {
-            if ids.is_empty() && !all {
-                fail("name event ids, or --all (optionally with --action and --since)");
-            }
-            let filter = Filter {
-                ids,
-                all,
-                action,
-                since: since.map(|s| dlq::parse_since(&s).unwrap_or_else(|e| fail(e))),
-            };
-            let chosen: Vec<_> = q.take_all().await?.into_iter().filter(|d| filter.matches(d)).collect();
-            let bar = ProgressBar::new(chosen.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template("replaying {bar:40} {pos}/{len} {msg}").expect("static template"),
-            );
-            let mut replayed = 0;
-            for d in &chosen {
-                if let Err(e) = q.replay(d).await {
-                    bar.abandon_with_message(format!("stopped: {e}"));
-                    eprintln!("{replayed} replayed; the rest are still in the dead-letter queue (rerun to continue)");
-                    q.close().await;
-                    return Ok(1);
-                }
-                replayed += 1;
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            println!("{replayed} dead letter(s) replayed");
-            0
-        }
-        DlqCmd::Purge { yes } => {
-            if !yes {
-                fail("purging deletes every dead letter for good; add --yes to confirm");
-            }
-            let n = q.purge().await?;
-            println!("{n} dead letter(s) deleted");
-            0
-        }
-    };
-    q.close().await;
-    let _ = std::io::stdout().flush();
-    Ok(code)
-}
-
-async fn show_event(event_id: Uuid) -> anyhow::Result<i32> {
-    let pool = pool().await;
-    type Row = (
-        String,
-        Option<String>,
-        String,
-        i32,
-        chrono::DateTime<chrono::Utc>,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<String>,
-        Option<i64>,
-    );
-    let ev: Option<Row> = sqlx::query_as(
-        "select action, email, status, attempts, received_at, finished_at, last_error, user_id from webhook_events where event_id = $1",
-    )
-    .bind(event_id)
-    .fetch_optional(&pool)
-    .await?;
-    let Some((action, email, status, attempts, received, finished, error, user)) = ev else {
-        eprintln!("no event {event_id} (the worker records an event when it first processes it)");
-        return Ok(1);
-    };
-    println!("event {event_id}: {action} for {}", email.unwrap_or_default());
-    println!(
-        "status {status} after {attempts} attempt(s); received {received}; finished {}",
-        finished.map(|t| t.to_string()).unwrap_or("-".into())
-    );
-    if let Some(u) = user {
-        println!("user #{u}");
-    }
-    if let Some(e) = error {
-        println!("last error: {e}");
-    }
-    let lines: Vec<(chrono::DateTime<chrono::Utc>, String, String)> =
-        sqlx::query_as("select at, level, message from event_log where event_id = $1 order by at, id")
-            .bind(event_id)
-            .fetch_all(&pool)
-            .await?;
-    for (at, level, message) in lines {
-        println!("{}  {level:<7}  {message}", at.format("%Y-%m-%d %H:%M:%S%.3f"));
-    }
-    Ok(0)
 }
