@@ -27,12 +27,15 @@ pub struct Migration {
     pub state: State,
 }
 
+/// A row of `_sqlx_migrations`: version, description, installed_on, success, checksum.
+type AppliedRow = (i64, String, DateTime<Utc>, bool, Vec<u8>);
+
 /// Every migration this binary carries or the database recorded, by version.
 pub async fn states(pool: &PgPool) -> Result<Vec<Migration>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
         .fetch_one(pool)
         .await?;
-    let applied: Vec<(i64, String, DateTime<Utc>, bool, Vec<u8>)> = if exists {
+    let applied: Vec<AppliedRow> = if exists {
         sqlx::query_as("select version, description, installed_on, success, checksum from _sqlx_migrations")
             .fetch_all(pool)
             .await?
