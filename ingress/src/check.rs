@@ -39,8 +39,8 @@ pub async fn run() -> i32 {
             } else {
                 failed = true;
                 println!(
-                    "FAIL commands queue: {} (the ingress and `worker run` declare it when they start)",
-                    missing.join("; ")
+                    "FAIL commands queue: missing {} (the ingress and `worker run` declare it when they start)",
+                    missing.join(", ")
                 );
             }
             let _ = conn.close(200, "checked".into()).await;

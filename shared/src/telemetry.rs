@@ -28,9 +28,11 @@ pub fn init(format: &str) {
 
 /// Installs the subscriber of an operator command: warnings and errors only (unless `RUST_LOG`
 /// says otherwise), on stderr, so that stdout carries the command's output alone (scripts parse
-/// it). Safe to call more than once.
+/// it). The AMQP client's own messages are left out: the commands report broker errors themselves
+/// (and `check`'s passive declares close a channel on purpose for every missing queue). Safe to
+/// call more than once.
 pub fn init_for_commands(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
     let _ = if format.eq_ignore_ascii_case("json") {
         tracing_subscriber::registry()
             .with(filter)

@@ -304,7 +304,8 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
 }
 
 /// Checks with passive declares, changing nothing, that `exchanges` and `queues` exist; returns
-/// one problem per missing (or unreachable) item, e.g. `queue acme.dead: NOT_FOUND - no queue …`.
+/// one problem per item that is not there (`queue acme.dead`) or could not be checked
+/// (`queue acme.dead: <error>`).
 /// A failed passive declare closes its channel, so each item gets a channel of its own.
 pub async fn missing(conn: &lapin::Connection, exchanges: &[String], queues: &[String]) -> Vec<String> {
     let passive_exchange = ExchangeDeclareOptions {
@@ -342,10 +343,17 @@ pub async fn missing(conn: &lapin::Connection, exchanges: &[String], queues: &[S
             Ok(()) => {
                 let _ = ch.close(200, "checked".into()).await;
             }
+            Err(e) if not_found(&e) => problems.push(format!("{kind} {name}")),
             Err(e) => problems.push(format!("{kind} {name}: {e}")),
         }
     }
     problems
+}
+
+/// Whether a declare failed because the exchange or queue does not exist.
+fn not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 /// Deletes every queue and exchange of the namespace (tests, and tearing a namespace down).

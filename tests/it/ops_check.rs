@@ -62,8 +62,9 @@ async fn check_fails_on_a_missing_topology_in_both_binaries() {
     assert_eq!(code, 1, "{out}");
     let fails = fail_lines(&out);
     assert_eq!(fails.len(), 1, "{out}");
+    let dead = format!("queue {}", env.names().dead_queue());
     assert!(
-        fails[0].starts_with("FAIL broker topology: ") && fails[0].contains("NOT_FOUND"),
+        fails[0].starts_with("FAIL broker topology: missing ") && fails[0].contains(&dead),
         "{out}"
     );
 

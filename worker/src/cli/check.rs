@@ -143,8 +143,8 @@ async fn broker(r: &mut Report, settings: &Settings) {
         ));
     } else {
         r.fail(format!(
-            "broker topology: {} (the ingress and `worker run` declare it when they start)",
-            missing.join("; ")
+            "broker topology: missing {} (the ingress and `worker run` declare it when they start)",
+            missing.join(", ")
         ));
     }
     let _ = conn.close(200, "checked".into()).await;
