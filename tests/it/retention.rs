@@ -1,7 +1,9 @@
 //! Retention and erasure: `worker prune --older-than` and `worker erase --email`, on a populated
 //! database, keep what they must (recent and unfinished events, pending outbox work, users).
 
-use testkit::{procs::worker_cmd, TestEnv};
+use std::time::Duration;
+
+use testkit::{procs::worker_cmd, wait_until, TestEnv};
 use uuid::Uuid;
 
 /// An event received and (when `finished`) finished `days_ago`, with two log lines.
@@ -175,4 +177,21 @@ async fn erase_removes_one_persons_records_and_keeps_the_user_and_everyone_else(
     assert_eq!(users, 1, "the user row belongs to the application");
     assert!(exists(&env, bob).await && log_lines(&env, bob).await == 2);
     assert!(claim_exists(&env, &bob_claim).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_run_with_retention_days_prunes_shortly_after_the_start() {
+    let mut env = TestEnv::new().await;
+    let old = event(&env, "old@example.com", "succeeded", 10, true).await;
+    let recent = event(&env, "new@example.com", "succeeded", 2, true).await;
+    let mut s = env.worker_settings();
+    s.retention_days = 7;
+    s.retention_first_run = Duration::from_millis(200);
+    env.start_worker(s).await;
+    wait_until("the scheduled prune", Duration::from_secs(20), || async {
+        (!exists(&env, old).await).then_some(())
+    })
+    .await;
+    assert_eq!(log_lines(&env, old).await, 0);
+    assert!(exists(&env, recent).await, "younger than RETENTION_DAYS");
 }

@@ -157,6 +157,7 @@ impl TestEnv {
             not_found_attempts: worker::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: worker::sync::snapshot::DEFAULT_MAX_MEMBERS,
             retention_days: 0,
+            retention_first_run: worker::retention::FIRST_PRUNE_AFTER,
         }
     }
 

@@ -190,7 +190,12 @@ impl Worker {
             0 => tracing::info!("retention is off: RETENTION_DAYS is not set"),
             days => {
                 tracing::info!(days, "finished events older than RETENTION_DAYS are pruned daily");
-                tasks.spawn(retention::run_daily(self.ctx.pool.clone(), days, shutdown.clone()));
+                tasks.spawn(retention::run_daily(
+                    self.ctx.pool.clone(),
+                    days,
+                    self.settings.retention_first_run,
+                    shutdown.clone(),
+                ));
             }
         }
         while let Some(r) = tasks.join_next().await {

@@ -174,10 +174,10 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<Erased, sqlx::Error> {
     Ok(out)
 }
 
-/// `worker run` with `RETENTION_DAYS`: prunes [`FIRST_PRUNE_AFTER`] after the start, then every
-/// [`PRUNE_EVERY`], until `shutdown`.
-pub async fn run_daily(pool: PgPool, days: u32, shutdown: CancellationToken) {
-    let mut wait = FIRST_PRUNE_AFTER;
+/// `worker run` with `RETENTION_DAYS`: prunes `first` after the start ([`FIRST_PRUNE_AFTER`]),
+/// then every [`PRUNE_EVERY`], until `shutdown`.
+pub async fn run_daily(pool: PgPool, days: u32, first: Duration, shutdown: CancellationToken) {
+    let mut wait = first;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Days finished events, their log lines and idle coalescing rows are kept; `worker run` prunes
     /// older ones once a day (`RETENTION_DAYS`; 0 = keep forever).
     pub retention_days: u32,
+    /// How long after the start `worker run` first prunes (not configurable from the environment;
+    /// tests lower it).
+    pub retention_first_run: Duration,
 }
 
 fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -219,6 +222,7 @@ impl Settings {
             not_found_attempts: crate::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: config::parse_or("SNAPSHOT_MAX_MEMBERS", crate::sync::snapshot::DEFAULT_MAX_MEMBERS)?,
             retention_days: retention_days()?,
+            retention_first_run: crate::retention::FIRST_PRUNE_AFTER,
         })
     }
 }
