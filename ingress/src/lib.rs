@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod auth;
+pub mod check;
 mod clock;
 mod logs;
 mod metrics;

@@ -1,4 +1,5 @@
-//! The ingress binary: read the configuration, bind both addresses, serve until SIGTERM or Ctrl-C.
+//! The ingress binary: read the configuration, bind both addresses, serve until SIGTERM or Ctrl-C;
+//! or, as `ingress check`, check the configuration and the broker and exit.
 
 /// mimalloc: every request allocates a little (headers, the command, the AMQP frames); glibc's
 /// allocator spent about a tenth of the ingress's CPU on them under load.
@@ -7,6 +8,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("check") {
+        std::process::exit(ingress::check::run().await);
+    }
     let settings = match ingress::Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

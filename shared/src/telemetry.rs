@@ -26,6 +26,29 @@ pub fn init(format: &str) {
     };
 }
 
+/// Installs the subscriber of an operator command: warnings and errors only (unless `RUST_LOG`
+/// says otherwise), on stderr, so that stdout carries the command's output alone (scripts parse
+/// it). The AMQP client's own messages are left out: the commands report broker errors themselves
+/// (and `check`'s passive declares close a channel on purpose for every missing queue). Safe to
+/// call more than once.
+pub fn init_for_commands(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
+    let _ = if format.eq_ignore_ascii_case("json") {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    } else {
+        text_subscriber(filter, std::io::stderr).try_init()
+    };
+}
+
 /// The text-format subscriber `init` installs, writing to `writer` (tests capture it).
 pub fn text_subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
 where

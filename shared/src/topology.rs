@@ -303,6 +303,59 @@ pub async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     Ok(())
 }
 
+/// Checks with passive declares, changing nothing, that `exchanges` and `queues` exist; returns
+/// one problem per item that is not there (`queue acme.dead`) or could not be checked
+/// (`queue acme.dead: <error>`).
+/// A failed passive declare closes its channel, so each item gets a channel of its own.
+pub async fn missing(conn: &lapin::Connection, exchanges: &[String], queues: &[String]) -> Vec<String> {
+    let passive_exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..EXCHANGE
+    };
+    let passive_queue = QueueDeclareOptions { passive: true, ..QUEUE };
+    let mut problems = Vec::new();
+    for (kind, name) in exchanges
+        .iter()
+        .map(|e| ("exchange", e))
+        .chain(queues.iter().map(|q| ("queue", q)))
+    {
+        let ch = match conn.create_channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                problems.push(format!("{kind} {name}: {e}"));
+                continue;
+            }
+        };
+        let result = if kind == "exchange" {
+            ch.exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Direct,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await
+        } else {
+            ch.queue_declare(name.as_str().into(), passive_queue, FieldTable::default())
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) => {
+                let _ = ch.close(200, "checked".into()).await;
+            }
+            Err(e) if not_found(&e) => problems.push(format!("{kind} {name}")),
+            Err(e) => problems.push(format!("{kind} {name}: {e}")),
+        }
+    }
+    problems
+}
+
+/// Whether a declare failed because the exchange or queue does not exist.
+fn not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 /// Deletes every queue and exchange of the namespace (tests, and tearing a namespace down).
 pub async fn delete(ch: &Channel, names: &Names) -> lapin::Result<()> {
     for q in names.all_queues() {

@@ -156,6 +156,8 @@ impl TestEnv {
             sync_email_changes: true,
             not_found_attempts: worker::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: worker::sync::snapshot::DEFAULT_MAX_MEMBERS,
+            retention_days: 0,
+            retention_first_run: worker::retention::FIRST_PRUNE_AFTER,
         }
     }
 

@@ -127,16 +127,32 @@ pub fn ingress_env(keys: &str, namespace: &str) -> (Vec<(&'static str, String)>,
 
 /// Runs `worker <args>` (an operator command) against a test environment; returns (code, stdout+stderr).
 pub fn worker_cmd(env: &crate::TestEnv, args: &[&str]) -> (i32, String) {
+    worker_cmd_with(env, args, &[])
+}
+
+/// Like [`worker_cmd`], with some variables of [`worker_env`] replaced or added.
+pub fn worker_cmd_with(env: &crate::TestEnv, args: &[&str], vars: &[(&str, String)]) -> (i32, String) {
+    let (code, stdout, stderr) = worker_output(env, args, vars);
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// Runs `worker <args>` with [`worker_env`] and `vars` on top; returns (code, stdout, stderr)
+/// apart, for output that scripts parse.
+pub fn worker_output(env: &crate::TestEnv, args: &[&str], vars: &[(&str, String)]) -> (i32, String, String) {
+    let mut all: Vec<(&str, String)> = worker_env(env)
+        .into_iter()
+        .filter(|(k, _)| !vars.iter().any(|(v, _)| v == k))
+        .collect();
+    all.extend(vars.iter().cloned());
     let out = Command::new(bin_dir().join("worker"))
         .args(args)
         .env_clear()
-        .envs(worker_env(env))
+        .envs(all)
         .output()
         .expect("run worker");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

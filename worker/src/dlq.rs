@@ -1,7 +1,8 @@
 //! Operator access to the dead-letter queue (`worker dlq …`).
 //!
-//! Listing takes every dead letter with `basic.get` (unacknowledged), describes it and gives it
-//! back by closing the channel, so nothing is removed. Replay re-publishes a dead letter to the
+//! Listing walks the queue with `basic.get` (unacknowledged) one message at a time, keeps at most
+//! the page it shows, and gives every message back in order (see [`Walk`]), so nothing is removed.
+//! Purging walks the same way and removes only what it chose, each after the caller saved it. Replay re-publishes a dead letter to the
 //! commands exchange with its attempt count reset, waits for the broker's confirm, and only then
 //! acks the dead copy: an interrupted replay leaves every message either still dead or queued again
 //! (at worst both, and the worker skips an event that already finished), so rerunning is safe.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::{
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel, Connection,
 };
@@ -78,6 +79,37 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Everything about the dead letter as one JSON object (the command as JSON when it is, else
+    /// as text, or base64 when it is not UTF-8).
+    pub fn to_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let command = match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) => serde_json::json!({ "command": v }),
+            Err(_) => match std::str::from_utf8(&self.body) {
+                Ok(t) => serde_json::json!({ "body": t }),
+                Err(_) => serde_json::json!({
+                    "body_base64": base64::engine::general_purpose::STANDARD.encode(&self.body)
+                }),
+            },
+        };
+        let mut v = serde_json::json!({
+            "event_id": self.event_id,
+            "action": self.action,
+            "contact": self.contact,
+            "attempts": self.attempts,
+            "error": self.error,
+            "first_failure": self.first_failure,
+            "last_failure": self.last_failure,
+            "message_id": self.properties.message_id().as_ref().map(|m| m.to_string()),
+        });
+        if let (Some(o), serde_json::Value::Object(c)) = (v.as_object_mut(), command) {
+            o.extend(c);
+        }
+        v
+    }
+}
+
 /// A message the broker dead-lettered itself (delivery limit): the reason from `x-death`.
 fn broker_reason(p: &BasicProperties) -> (String, i64) {
     let reason = header_str(p, "x-first-death-reason").unwrap_or_else(|| "unknown".into());
@@ -128,40 +160,22 @@ impl Dlq {
         })
     }
 
-    /// Takes every dead letter (unacked); they return to the queue when the channel closes.
-    pub async fn take_all(&self) -> anyhow::Result<Vec<DeadLetter>> {
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .channel
-            .basic_get(
-                self.names.dead_queue().as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        {
-            let d = m.delivery;
-            out.push(DeadLetter::from_parts(d.delivery_tag, d.properties, d.data));
-        }
-        Ok(out)
+    pub fn conn(&self) -> &Connection {
+        &self.conn
     }
 
-    /// Re-publishes one dead letter to the commands exchange (attempts reset), then acks it.
-    pub async fn replay(&self, dl: &DeadLetter) -> anyhow::Result<()> {
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Re-publishes one dead letter to the commands exchange (attempts reset) and waits for the
+    /// broker's confirm; the caller's walk then removes the dead copy.
+    pub async fn publish_replay(&self, dl: &DeadLetter) -> anyhow::Result<()> {
         let props = replay_properties(dl);
         self.publisher
             .publish(&self.names.commands_exchange(), COMMAND_KEY, &dl.body, props)
             .await?;
-        self.channel
-            .basic_ack(dl.delivery_tag, BasicAckOptions::default())
-            .await?;
         Ok(())
-    }
-
-    pub async fn purge(&self) -> anyhow::Result<u32> {
-        Ok(self
-            .channel
-            .queue_purge(self.names.dead_queue().as_str().into(), QueuePurgeOptions::default())
-            .await?)
     }
 
     /// Gives back everything not acked.
@@ -289,6 +303,26 @@ pub async fn peek(conn: &Connection, names: &Names, offset: usize, limit: usize)
     })
 }
 
+/// Shows every dead letter, in queue order, to `see` without removing any (see [`Walk`]); `see`
+/// keeps what it needs, so memory holds one message at a time plus what `see` keeps. Returns how
+/// many dead letters the queue holds.
+pub async fn visit(conn: &Connection, names: &Names, mut see: impl FnMut(DeadLetter)) -> anyhow::Result<usize> {
+    let mut walk = Walk::start(conn, names).await?;
+    let mut total = 0;
+    let result = async {
+        while let Some(dl) = walk.next().await? {
+            walk.keep(&dl);
+            total += 1;
+            see(dl);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    walk.finish().await;
+    result?;
+    Ok(total)
+}
+
 /// What a selective replay or purge did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Selected {
@@ -300,18 +334,13 @@ pub struct Selected {
 
 /// Acts on exactly the dead letters whose event ids are in `ids` (compared case-insensitively;
 /// every copy of a duplicated id) and removes them; every other message is given back in its place
-/// (see [`Walk`]).
-///
-/// A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a purge
-/// does nothing more) and acked only once `act` succeeded; `progress` is called after each. When
-/// `act` fails, the message it failed on is given back too and the error returned: nothing is
-/// lost, and running the same selection again continues the work.
+/// (see [`take_matching`]).
 pub async fn take_selected<F, Fut>(
     conn: &Connection,
     names: &Names,
     ids: &[String],
-    mut act: F,
-    mut progress: impl FnMut(&str),
+    act: F,
+    progress: impl FnMut(&str),
 ) -> anyhow::Result<Selected>
 where
     F: FnMut(DeadLetter) -> Fut,
@@ -323,11 +352,44 @@ where
             wanted.push(id.clone());
         }
     }
+    let done = take_matching(
+        conn,
+        names,
+        |dl| wanted.iter().any(|w| w.eq_ignore_ascii_case(&dl.event_id)),
+        act,
+        progress,
+    )
+    .await?;
+    let not_found = wanted
+        .into_iter()
+        .filter(|w| !done.iter().any(|d| d.eq_ignore_ascii_case(w)))
+        .collect();
+    Ok(Selected { done, not_found })
+}
+
+/// Acts on the dead letters `wanted` picks and removes them; every other message is given back in
+/// its place (see [`Walk`]). Returns the event ids acted on, in queue order.
+///
+/// A chosen message is passed to `act` (a replay publishes it with the broker's confirm; a purge
+/// saves it to a file) and acked only once `act` succeeded; `progress` is called after each. When
+/// `act` fails, the message it failed on is given back too and the error returned: nothing is
+/// lost, and running the same selection again continues the work.
+pub async fn take_matching<F, Fut>(
+    conn: &Connection,
+    names: &Names,
+    mut wanted: impl FnMut(&DeadLetter) -> bool,
+    mut act: F,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Vec<String>>
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let mut walk = Walk::start(conn, names).await?;
     let mut done: Vec<String> = Vec::new();
     let result = async {
         while let Some(dl) = walk.next().await? {
-            if !wanted.iter().any(|w| w.eq_ignore_ascii_case(&dl.event_id)) {
+            if !wanted(&dl) {
                 walk.keep(&dl);
                 continue;
             }
@@ -345,11 +407,7 @@ where
     .await;
     walk.finish().await;
     result?;
-    let not_found = wanted
-        .into_iter()
-        .filter(|w| !done.iter().any(|d| d.eq_ignore_ascii_case(w)))
-        .collect();
-    Ok(Selected { done, not_found })
+    Ok(done)
 }
 
 /// Requeues held messages one by one, in the order they were fetched (see [`peek`]).
@@ -382,7 +440,7 @@ pub async fn queue_info(channel: &Channel, queue: &str) -> anyhow::Result<lapin:
         .await?)
 }
 
-/// Which dead letters a bulk replay takes.
+/// Which dead letters a bulk replay or purge takes (and which a listing shows, with `all`).
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub ids: Vec<String>,
@@ -402,21 +460,30 @@ impl Filter {
 
 /// Parses `--since`: an RFC 3339 time, or an age like `30m`, `6h`, `2d`.
 pub fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time_or_age("--since", s)
+}
+
+/// Parses a moment given on the command line as `flag`: an RFC 3339 time, or an age like `30m`,
+/// `6h`, `2d` (that long before now). Every command taking a time or an age reads it here.
+pub fn parse_time_or_age(flag: &str, s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
     let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("--since {s:?}: use an RFC 3339 time or an age like 30m, 6h, 2d"))?;
+        .map_err(|_| format!("{flag} {s:?}: use an RFC 3339 time or an age like 30m, 6h, 2d"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        _ => return Err(format!("--since {s:?}: unit must be s, m, h or d")),
+        _ => return Err(format!("{flag} {s:?}: unit must be s, m, h or d")),
     };
-    Ok(Utc::now() - chrono::Duration::from_std(Duration::from_secs(secs)).map_err(|e| e.to_string())?)
+    let age = chrono::Duration::from_std(Duration::from_secs(secs)).map_err(|e| format!("{flag} {s:?}: {e}"))?;
+    Utc::now()
+        .checked_sub_signed(age)
+        .ok_or_else(|| format!("{flag} {s:?}: too long ago"))
 }
 
 /// "3m", "2h", "5d": how long ago.

@@ -1,5 +1,6 @@
 //! The worker: consumes commands, syncs contacts from Customer.io into Postgres, delivers the
-//! outbox, and serves the operator commands (`migrate`, `dlq`, `events`, `outbox`).
+//! outbox, prunes old records, and serves the operator commands (`check`, `migrate`, `dlq`, `events`,
+//! `outbox`, `prune`, `erase`).
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod mail;
 pub mod outbox;
 pub mod password;
 pub mod ratelimit;
+pub mod retention;
 pub mod secretbox;
 pub mod settings;
 pub mod sync;
@@ -184,6 +186,18 @@ impl Worker {
         }
         tasks.spawn(self.consumer.clone().run(shutdown.clone()));
         tasks.spawn(self.outbox.clone().run(OUTBOX_PARALLEL, shutdown.clone()));
+        match self.settings.retention_days {
+            0 => tracing::info!("retention is off: RETENTION_DAYS is not set"),
+            days => {
+                tracing::info!(days, "finished events older than RETENTION_DAYS are pruned daily");
+                tasks.spawn(retention::run_daily(
+                    self.ctx.pool.clone(),
+                    days,
+                    self.settings.retention_first_run,
+                    shutdown.clone(),
+                ));
+            }
+        }
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r {
                 tracing::error!("worker task failed: {e}");

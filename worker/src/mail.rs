@@ -118,6 +118,15 @@ impl Mailer {
         })
     }
 
+    /// Connects to the SMTP server and says hello, sending nothing (`worker check`).
+    pub async fn test_connection(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server did not answer the NOOP".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub async fn send_welcome(&self, to: &str, username: &str) -> Result<(), MailError> {
         self.send(to, username, &self.templates.subject, &self.templates.body)
             .await

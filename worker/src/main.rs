@@ -23,7 +23,14 @@ async fn main() {
             }
         }
         other => {
-            shared::telemetry::init(&shared::telemetry::format_from_env().unwrap_or_else(|_| "text".into()));
+            // The console is a service and logs like `run`; the other commands print their output
+            // on stdout and log warnings to stderr.
+            let format = shared::telemetry::format_from_env().unwrap_or_else(|_| "text".into());
+            if matches!(other, Cmd::Console) {
+                shared::telemetry::init(&format);
+            } else {
+                shared::telemetry::init_for_commands(&format);
+            }
             match worker::cli::operate(other).await {
                 Ok(code) => code,
                 Err(e) => {

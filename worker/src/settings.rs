@@ -1,5 +1,6 @@
 //! The worker's configuration, read once at start. `worker run` needs all of it;
-//! the operator commands (`migrate`, `dlq`, `events`) need only the database and the broker.
+//! the operator commands (`migrate`, `dlq`, `events`, `prune`, `erase`) need only the database and the
+//! broker, and `check` reads all of it to check it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -47,6 +48,12 @@ pub struct Settings {
     pub not_found_attempts: u32,
     /// Segment memberships above which no membership snapshot is taken (contacts are read one by one).
     pub snapshot_max_members: usize,
+    /// Days finished events, their log lines and idle coalescing rows are kept; `worker run` prunes
+    /// older ones once a day (`RETENTION_DAYS`; 0 = keep forever).
+    pub retention_days: u32,
+    /// How long after the start `worker run` first prunes (not configurable from the environment;
+    /// tests lower it).
+    pub retention_first_run: Duration,
 }
 
 fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -104,6 +111,17 @@ fn batch_size() -> Result<usize, ConfigError> {
         return Err(invalid("WORKER_BATCH_SIZE", "must be between 1 and 1000"));
     }
     Ok(n)
+}
+
+fn retention_days() -> Result<u32, ConfigError> {
+    let days: u32 = config::parse_or("RETENTION_DAYS", 0)?;
+    if days > 36_500 {
+        return Err(invalid(
+            "RETENTION_DAYS",
+            "must be a number of days up to 36500 (0 = keep forever)",
+        ));
+    }
+    Ok(days)
 }
 
 impl Settings {
@@ -203,6 +221,8 @@ impl Settings {
             sync_email_changes: flag_or("SYNC_EMAIL_CHANGES", true)?,
             not_found_attempts: crate::sync::NOT_FOUND_ATTEMPTS,
             snapshot_max_members: config::parse_or("SNAPSHOT_MAX_MEMBERS", crate::sync::snapshot::DEFAULT_MAX_MEMBERS)?,
+            retention_days: retention_days()?,
+            retention_first_run: crate::retention::FIRST_PRUNE_AFTER,
         })
     }
 }

@@ -194,6 +194,18 @@ impl CioClient {
         Ok(())
     }
 
+    /// `GET /api/v1/accounts/region` on the Track API: checks the Track credentials and changes
+    /// nothing; returns the account's region (`us` or `eu`).
+    pub async fn track_region(&self) -> Result<String, CioError> {
+        let auth = self.track_auth.as_ref().ok_or_else(|| CioError::Rejected {
+            status: 0,
+            detail: "Track API credentials (CIO_SITE_ID, CIO_TRACK_API_KEY) are not configured".into(),
+        })?;
+        let url = format!("{}/api/v1/accounts/region", self.track_url);
+        let v: Value = self.send("track_region", Method::GET, &url, auth, None).await?;
+        Ok(v["region"].as_str().unwrap_or("?").to_string())
+    }
+
     async fn app<T: DeserializeOwned>(
         &self,
         method: Method,
