@@ -18,8 +18,6 @@ use std::{
 
 use tokio::process::{Child, Command};
 
-use crate::procs::free_port;
-
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn scripts_dir() -> PathBuf {
@@ -48,6 +46,12 @@ impl RabbitNode {
     /// The Erlang VM's process id, from the pid file the node writes when it boots.
     pub fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.dir.join("pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Whether the node's Erlang VM (by the pid it wrote) is alive.
+    fn vm_alive(&self) -> bool {
+        self.pid()
+            .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -91,10 +95,14 @@ impl Cluster {
             dir,
             started_in: Duration::ZERO,
         };
+        // Every port of every node at once, each held until all are chosen, so that no two
+        // nodes are given the same one (a node whose AMQP port another node's distribution had
+        // taken would die at boot after the port answered for it).
+        let mut ports = distinct_ports(2 * n).into_iter();
         for i in 1..=n {
             let node_dir = cluster.dir.join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let amqp_port = free_port();
+            let amqp_port = ports.next().unwrap();
             std::fs::write(
                 node_dir.join("rabbitmq.conf"),
                 format!("listeners.tcp.1 = 127.0.0.1:{amqp_port}\n"),
@@ -103,7 +111,7 @@ impl Cluster {
             cluster.nodes.push(RabbitNode {
                 name: format!("cio{id}n{i}@localhost"),
                 amqp_port,
-                dist_port: free_port(),
+                dist_port: ports.next().unwrap(),
                 dir: node_dir,
                 script: None,
             });
@@ -184,7 +192,7 @@ impl Cluster {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         let port = self.nodes[i].amqp_port;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if speaks_amqp(port).await && self.nodes[i].is_running() {
                 return;
             }
             assert!(
@@ -243,8 +251,31 @@ impl Cluster {
 
     async fn ctl_ok(&self, i: usize, args: &[&str]) -> String {
         let (ok, text) = self.ctl(i, args).await;
-        assert!(ok, "rabbitmqctl {args:?} on {} failed:\n{text}", self.nodes[i].name);
+        assert!(
+            ok,
+            "rabbitmqctl {args:?} on {} failed:\n{text}\n{}",
+            self.nodes[i].name,
+            self.diagnostics()
+        );
         text
+    }
+
+    /// Whether each node runs, and the end of its console log: printed when a step fails, since
+    /// the cluster's directory is removed when it is dropped.
+    fn diagnostics(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                format!(
+                    "--- {} (AMQP port {}, distribution port {}, VM alive: {}):\n{}",
+                    self.nodes[i].name,
+                    self.nodes[i].amqp_port,
+                    self.nodes[i].dist_port,
+                    self.nodes[i].vm_alive(),
+                    self.console_log(i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `kill -9` node `i` (its Erlang VM, by pid) and waits for it to be gone.
@@ -355,4 +386,27 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` distinct free ports of the loopback interface.
+fn distinct_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Whether an AMQP server answers on `port`: it answers the protocol header with `connection.start`
+/// (a method frame, type 1), which no other listener would.
+async fn speaks_amqp(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Duration::from_secs(2);
+    let Ok(Ok(mut s)) = tokio::time::timeout(limit, tokio::net::TcpStream::connect(("127.0.0.1", port))).await else {
+        return false;
+    };
+    if s.write_all(b"AMQP\x00\x00\x09\x01").await.is_err() {
+        return false;
+    }
+    let mut frame_type = [0u8; 1];
+    matches!(tokio::time::timeout(limit, s.read_exact(&mut frame_type)).await, Ok(Ok(_)) if frame_type[0] == 1)
 }
