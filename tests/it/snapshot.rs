@@ -320,3 +320,47 @@ async fn the_batched_path_names_the_segments_it_read_from_a_snapshot() {
     .await;
     assert_eq!(segments, 30);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_too_small_for_a_snapshot_uses_the_one_being_taken() {
+    let (env, cio) = unthrottled().await;
+    seed(&env);
+    let (a, b) = (
+        Snapshots::with_settings(settings(1000)),
+        Snapshots::with_settings(settings(1000)),
+    );
+    let at = received();
+    // None stored and none being taken: the batch reads per contact (no snapshot, no call).
+    assert!(b.stored_or_coming(&env.pool, at).await.unwrap().is_none());
+    assert_eq!(membership_calls(&env), 0);
+    // Another worker is taking one (slowly): the small batch waits for it instead.
+    env.simh
+        .inject(Fault::new(Api::App, FaultKind::Delay(Duration::from_millis(300))).with_path("/membership"));
+    let holder = tokio::spawn({
+        let (pool, cio) = (env.pool.clone(), cio.clone());
+        async move { a.fresh(&pool, &cio, at).await }
+    });
+    testkit::wait_until(
+        "the other worker to hold the lease",
+        Duration::from_secs(10),
+        || async { (count(&env, "select count(*) from snapshot_leases").await == 1).then_some(()) },
+    )
+    .await;
+    let got = b
+        .stored_or_coming(&env.pool, at)
+        .await
+        .unwrap()
+        .expect("the snapshot being taken");
+    let taken = holder.await.unwrap().unwrap().unwrap();
+    assert_eq!(got.id, taken.id);
+    assert_eq!(
+        membership_calls(&env),
+        4,
+        "one snapshot's pages, taken by the other worker"
+    );
+    // Stored now: found at once, and it serves the batch's contacts.
+    assert_eq!(
+        b.stored_or_coming(&env.pool, at).await.unwrap().map(|s| s.id),
+        Some(taken.id)
+    );
+}

@@ -200,21 +200,21 @@ pub(super) async fn read_segments(ctx: &SyncCtx, jobs: &mut [Job], claimed: &[us
 }
 
 /// The shared membership snapshot, when the batch's segment reads cost more calls than one.
+/// A batch too small to be worth a snapshot of its own still uses one another worker stored or
+/// is taking (a database lookup, or a bounded wait, instead of one App API call per contact).
 async fn snapshot_for(ctx: &SyncCtx, jobs: &[Job], asking: &[usize]) -> Result<Option<snapshot::Snapshot>, Failure> {
-    if asking.len() < 2 {
+    let Some(newest) = asking.iter().map(|&i| jobs[i].cmd().received_at).max() else {
         return Ok(None);
+    };
+    if asking.len() < 2 {
+        return ctx.snapshots.stored(&ctx.pool, newest).await;
     }
-    let newest = asking
-        .iter()
-        .map(|&i| jobs[i].cmd().received_at)
-        .max()
-        .expect("not empty");
     let fresh = ctx.snapshots.known_fresh(newest).await;
     let known: i64 = sqlx::query_scalar("select count(*) from segments")
         .fetch_one(&ctx.pool)
         .await?;
     if !bulk_read::snapshot_worth_it(asking.len(), known as usize, fresh) {
-        return Ok(None);
+        return ctx.snapshots.stored_or_coming(&ctx.pool, newest).await;
     }
     ctx.snapshots.fresh(&ctx.pool, &ctx.cio, newest).await
 }

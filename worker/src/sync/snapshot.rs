@@ -175,6 +175,45 @@ impl Snapshots {
         self.latest().is_some_and(|s| s.serves(received))
     }
 
+    /// A complete snapshot that serves webhooks received at `received`, if one is stored already
+    /// (taken by any worker): one database lookup, never a Customer.io call or a wait.
+    pub async fn stored(&self, pool: &PgPool, received: DateTime<Utc>) -> Result<Option<Snapshot>, Failure> {
+        if let Some(s) = self.latest().filter(|s| s.serves(received)) {
+            return Ok(Some(s));
+        }
+        let found = latest_complete(pool, received + CLOCK_SKEW_MARGIN).await?;
+        if let Some(s) = &found {
+            self.remember(s);
+        }
+        Ok(found)
+    }
+
+    /// For a batch too small to be worth a snapshot of its own: one stored already, or the one a
+    /// worker is taking now, waited for (bounded) as long as some worker holds the lease, since
+    /// waiting costs no App API call and reading per contact costs one per person. `None` when
+    /// none is stored or being taken that serves webhooks received at `received`.
+    pub async fn stored_or_coming(&self, pool: &PgPool, received: DateTime<Utc>) -> Result<Option<Snapshot>, Failure> {
+        let deadline = Instant::now() + self.settings.max_wait;
+        // Once one was being taken, the lease may be free for a moment before the next (a worker
+        // whose batch the finished one does not serve takes the next): look twice before giving
+        // up. When none is being taken at all, give up at once.
+        let (mut taking_seen, mut free_seen) = (false, 0);
+        loop {
+            if let Some(s) = self.stored(pool, received).await? {
+                return Ok(Some(s));
+            }
+            if being_taken(pool).await? {
+                (taking_seen, free_seen) = (true, 0);
+            } else {
+                free_seen += 1;
+            }
+            if !taking_seen || free_seen >= 2 || Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     fn latest(&self) -> Option<Snapshot> {
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -491,6 +530,16 @@ async fn still_held(conn: &mut sqlx::PgConnection, holder: Uuid) -> Result<bool,
             .fetch_optional(&mut *conn)
             .await?;
     Ok(held.is_some())
+}
+
+/// Whether some worker holds the snapshot lease (is taking a snapshot) right now.
+async fn being_taken(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from snapshot_leases where key = $1 and expires_at > clock_timestamp())",
+    )
+    .bind(LEASE_KEY)
+    .fetch_one(pool)
+    .await
 }
 
 async fn release(conn: &mut sqlx::PgConnection, holder: Uuid) -> Result<(), sqlx::Error> {
