@@ -165,8 +165,10 @@ impl Worker {
         listener: Option<tokio::net::TcpListener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        // Both are optional features: being off is a choice, said at `info` like the password
+        // return (a webhook asking for the e-mail while it is off gets a warning in its event log).
         if self.settings.mail.is_none() {
-            tracing::warn!("welcome e-mail is off: SMTP_URL is not set");
+            tracing::info!("welcome e-mail is off: SMTP_URL is not set");
         }
         match &self.settings.password_return {
             Some(p) => tracing::info!(field = %p.field, "password return is on"),
