@@ -2,6 +2,11 @@
 //! `outbox …`, `prune`, `erase`, `console`. Operator commands need only `DATABASE_URL` and the AMQP
 //! settings (`check` the whole configuration, the console also its tokens).
 //!
+//! The settings of `run` ([`RunArgs`]) are read from their variables (or flags) by clap for `worker`
+//! and `worker run`; none is required by clap, so that the operator commands start without them,
+//! and [`crate::Settings::from_args`] refuses a missing one. Their values are checked for every
+//! command: an invalid one stops any command with one line naming the variable.
+//!
 //! Every list and show command prints text for people (the default) or, with `--output json`,
 //! JSON for scripts: a list is JSON lines (one object per line, nothing else on stdout; counts go
 //! to stderr), a show is one object. Usage errors exit with 2, failures with 1.
