@@ -74,6 +74,14 @@ if "$PY" -c 'import cloudcoil.models.keda' 2>/dev/null; then
     echo "installed: $KEDA_REQ"
 fi
 CHECK=("$PY" "$DEPLOY/check_deploy.py")
+# The variables the binaries read, written from their clap commands; the deploy files may set
+# only these (regenerate: UPDATE_ENV_VARS=1 cargo test -p cio-sync-tests --lib config_table).
+export CIO_SYNC_ENV_VARS="$DEPLOY/env-vars.txt"
+if [ ! -s "$CIO_SYNC_ENV_VARS" ]; then
+    echo "FAIL  $CIO_SYNC_ENV_VARS is missing or empty"
+    exit 1
+fi
+echo "allowed variables: $(wc -l <"$CIO_SYNC_ENV_VARS") names from deploy/env-vars.txt"
 # kubernetes-validate, minus its expected warning for the kinds it has no schema for (KEDA's CRDs
 # and the Kustomization, which are checked by other steps).
 kube_validate() {

@@ -27,7 +27,7 @@ use shared::publisher::Publisher;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use admin::READINESS_TTL;
-pub use settings::{parse_access_keys, Limits, Settings, DEFAULT_ADMIN_ADDR};
+pub use settings::{parse_access_keys, Cli, Cmd, IngressArgs, Limits, Settings, DEFAULT_ADMIN_ADDR};
 pub use webhook::{properties, router, AppState, MAX_BODY};
 
 /// Builds the shared state: the access keys, the metrics and a publisher (connecting lazily).

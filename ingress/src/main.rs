@@ -1,5 +1,5 @@
-//! The ingress binary: read the configuration, bind both addresses, serve until SIGTERM or Ctrl-C;
-//! or, as `ingress check`, check the configuration and the broker and exit.
+//! The ingress binary: parse the command line and the environment, bind both addresses, serve
+//! until SIGTERM or Ctrl-C; or, as `ingress check`, check the configuration and the broker and exit.
 
 /// mimalloc: every request allocates a little (headers, the command, the AMQP frames); glibc's
 /// allocator spent about a tenth of the ingress's CPU on them under load.
@@ -8,10 +8,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("check") {
+    let cli: ingress::Cli = shared::config::parse_cli();
+    if cli.command == Some(ingress::Cmd::Check) {
         std::process::exit(ingress::check::run().await);
     }
-    let settings = match ingress::Settings::from_env() {
+    let settings = match ingress::Settings::from_args(cli.args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

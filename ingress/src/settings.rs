@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use secrecy::ExposeSecret;
-use shared::config::{self, AmqpSettings, ConfigError};
+use shared::config::{self, AmqpArgs, AmqpSettings, ConfigError, LogArgs};
 
 use crate::auth::AccessKey;
 
@@ -62,52 +62,88 @@ pub struct Settings {
     pub limits: Limits,
 }
 
-fn addr(var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    config::or_default(var, default).parse().map_err(|_| ConfigError {
-        var,
-        problem: format!("must be an address like {default}"),
-    })
+/// The ingress's settings as clap reads them: every one from its variable (or a flag).
+#[derive(clap::Args, Clone)]
+pub struct IngressArgs {
+    /// Comma-separated access keys, each KEY or label:KEY (at least 8 characters; required)
+    #[arg(long, env = "ACCESS_KEYS", hide_env_values = true)]
+    pub access_keys: Option<String>,
+    /// Public listen address: webhooks and /healthz
+    #[arg(long, env = "INGRESS_ADDR", default_value = "0.0.0.0:8080", value_parser = config::socket_addr)]
+    pub ingress_addr: SocketAddr,
+    /// Operator address: /readyz, /metrics, /healthz
+    #[arg(long, env = "INGRESS_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR, value_parser = config::socket_addr)]
+    pub ingress_admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Seconds in-flight requests may take to finish after SIGTERM
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20", value_parser = config::seconds)]
+    pub shutdown_grace_secs: Duration,
+    /// Seconds for a request head to arrive
+    #[arg(long, env = "INGRESS_HEADER_TIMEOUT_SECS", default_value = "10", value_parser = config::positive_seconds)]
+    pub ingress_header_timeout_secs: Duration,
+    /// Seconds for the body to arrive once the head is in (then 408)
+    #[arg(long, env = "INGRESS_BODY_TIMEOUT_SECS", default_value = "10", value_parser = config::positive_seconds)]
+    pub ingress_body_timeout_secs: Duration,
+    /// Seconds a kept-alive connection may wait for its next request
+    #[arg(long, env = "INGRESS_IDLE_TIMEOUT_SECS", default_value = "75", value_parser = config::positive_seconds)]
+    pub ingress_idle_timeout_secs: Duration,
+    /// Open connections on the public port
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value = "4096", value_parser = config::count)]
+    pub ingress_max_connections: usize,
+    /// Webhooks waiting for the broker's confirm at once
+    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value = "1024", value_parser = config::count)]
+    pub ingress_max_in_flight: usize,
 }
 
-fn count(var: &'static str, default: usize) -> Result<usize, ConfigError> {
-    let n: usize = config::parse_or(var, default)?;
-    if n == 0 {
-        return Err(ConfigError {
-            var,
-            problem: "must be at least 1".into(),
-        });
-    }
-    Ok(n)
+/// The ingress command line: serve (the default) or `check`.
+#[derive(clap::Parser)]
+#[command(
+    name = "ingress",
+    version,
+    about = "cio-sync ingress: receives Customer.io webhooks and queues them",
+    long_about = "cio-sync ingress: receives Customer.io webhooks and queues them.\n\nEvery setting is read from its environment variable (shown below with its default); a flag overrides it. Values are checked at start.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+    #[command(flatten)]
+    pub args: IngressArgs,
 }
 
-fn timeout(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    let d = config::seconds_or(var, default)?;
-    if d.is_zero() {
-        return Err(ConfigError {
-            var,
-            problem: "must be more than 0 seconds".into(),
-        });
-    }
-    Ok(d)
+#[derive(clap::Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    /// Check the configuration and the broker without changing anything (reads the same
+    /// variables as the ingress); exits 1 when a check fails, 2 when the configuration is invalid.
+    Check,
 }
 
 impl Settings {
+    /// The settings from the environment alone.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let access_keys = parse_access_keys(&config::list("ACCESS_KEYS"))?;
-        let d = Limits::default();
+        Self::from_args(config::parse_env::<IngressArgs>("ingress")?)
+    }
+
+    /// Checks what clap cannot: the access keys and the broker's node list.
+    pub fn from_args(args: IngressArgs) -> Result<Self, ConfigError> {
+        let keys = args.access_keys.as_deref().map(config::split_list).unwrap_or_default();
+        let access_keys = parse_access_keys(&keys)?;
         Ok(Self {
             access_keys,
-            addr: addr("INGRESS_ADDR", "0.0.0.0:8080")?,
-            admin_addr: addr("INGRESS_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)?,
-            amqp: AmqpSettings::from_env()?,
-            log_format: shared::telemetry::format_from_env()?,
-            shutdown_grace: config::seconds_or("SHUTDOWN_GRACE_SECS", Duration::from_secs(20))?,
+            addr: args.ingress_addr,
+            admin_addr: args.ingress_admin_addr,
+            amqp: AmqpSettings::from_args(args.amqp)?,
+            log_format: args.log.log_format,
+            shutdown_grace: args.shutdown_grace_secs,
             limits: Limits {
-                header_timeout: timeout("INGRESS_HEADER_TIMEOUT_SECS", d.header_timeout)?,
-                body_timeout: timeout("INGRESS_BODY_TIMEOUT_SECS", d.body_timeout)?,
-                idle_timeout: timeout("INGRESS_IDLE_TIMEOUT_SECS", d.idle_timeout)?,
-                max_connections: count("INGRESS_MAX_CONNECTIONS", d.max_connections)?,
-                max_in_flight: count("INGRESS_MAX_IN_FLIGHT", d.max_in_flight)?,
+                header_timeout: args.ingress_header_timeout_secs,
+                body_timeout: args.ingress_body_timeout_secs,
+                idle_timeout: args.ingress_idle_timeout_secs,
+                max_connections: args.ingress_max_connections,
+                max_in_flight: args.ingress_max_in_flight,
             },
         })
     }
@@ -213,6 +249,39 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{s:?} should be refused"),
         }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_environment_and_values_are_checked() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "ingress",
+            "--access-keys",
+            "crm:a-long-enough-key-123456",
+            "--ingress-max-in-flight",
+            "7",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let s = Settings::from_args(cli.args).unwrap();
+        assert_eq!(s.limits.max_in_flight, 7);
+        assert_eq!(s.access_keys[0].label.as_deref(), Some("crm"));
+        assert!(matches!(
+            Cli::try_parse_from(["ingress", "check"]).unwrap().command,
+            Some(Cmd::Check)
+        ));
+        let e = Cli::try_parse_from(["ingress", "--ingress-body-timeout-secs", "0"])
+            .err()
+            .unwrap();
+        let c = config::config_error(&<Cli as clap::CommandFactory>::command(), &e).unwrap();
+        assert_eq!(c.var, "INGRESS_BODY_TIMEOUT_SECS");
+        assert_eq!(c.problem, "must be more than 0 seconds");
     }
 
     #[test]

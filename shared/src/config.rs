@@ -1,10 +1,12 @@
-//! Reading configuration from the environment, in one place for both binaries.
+//! Reading configuration, in one place for both binaries: clap parses every setting from its
+//! environment variable (or a flag), value parsers check ranges, and the settings parts both
+//! binaries share are flattenable [`clap::Args`] structs.
 //!
-//! A missing or invalid required setting is a [`ConfigError`] that names the variable; the
-//! binaries print it on one line and exit non-zero. Values are never echoed, so secrets cannot
-//! leak through an error message.
+//! A missing or invalid setting is a [`ConfigError`] that names the variable; the binaries print
+//! it on one line and exit 2. Values are never echoed, so secrets cannot leak through an error
+//! message. A variable set to a blank value counts as unset.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, time::Duration};
 
 /// The one-line reason a binary refuses to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,64 +24,6 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 pub type Result<T> = std::result::Result<T, ConfigError>;
-
-/// The trimmed value of `name`; unset and empty are both `None`.
-pub fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-pub fn required(name: &'static str) -> Result<String> {
-    var(name).ok_or_else(|| ConfigError {
-        var: name,
-        problem: "is required but not set".into(),
-    })
-}
-
-pub fn or_default(name: &str, default: &str) -> String {
-    var(name).unwrap_or_else(|| default.to_string())
-}
-
-/// Parses `name` when set, else returns `default`.
-pub fn parse_or<T: FromStr>(name: &'static str, default: T) -> Result<T> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| ConfigError {
-            var: name,
-            problem: format!("must be a valid {}", std::any::type_name::<T>()),
-        }),
-    }
-}
-
-/// A duration given in whole seconds (fractions allowed: `0.5`).
-pub fn seconds_or(name: &'static str, default: Duration) -> Result<Duration> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| ConfigError {
-                var: name,
-                problem: "must be a number of seconds".into(),
-            }),
-    }
-}
-
-/// A comma-separated list; empty items are dropped.
-pub fn list(name: &str) -> Vec<String> {
-    var(name)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/cio_sync";
@@ -111,8 +55,14 @@ impl fmt::Debug for AmqpSettings {
 }
 
 impl AmqpSettings {
+    /// The AMQP settings from the environment alone (operator commands that need only the broker).
     pub fn from_env() -> Result<Self> {
-        let namespace = or_default("AMQP_NAMESPACE", DEFAULT_NAMESPACE);
+        Self::from_args(parse_env::<AmqpArgs>("cio-sync")?)
+    }
+
+    /// Checks what clap cannot: the namespace's characters and the node list.
+    pub fn from_args(args: AmqpArgs) -> Result<Self> {
+        let namespace = args.amqp_namespace;
         if !namespace
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -122,18 +72,18 @@ impl AmqpSettings {
                 problem: "may only contain letters, digits, '_', '-' and '.'".into(),
             });
         }
-        let url = or_default("AMQP_URL", DEFAULT_AMQP_URL);
+        let url = args.amqp_url;
         let nodes = crate::broker::parse_nodes(&url)
             .map_err(|problem| ConfigError {
                 var: "AMQP_URL",
                 problem,
             })?
             .len();
-        let quorum_group_size = quorum_group_size(var("AMQP_QUORUM_GROUP_SIZE").as_deref(), nodes)?;
+        let quorum_group_size = quorum_group_size(args.amqp_quorum_group_size, nodes);
         Ok(Self {
             url,
             namespace,
-            publish_timeout: seconds_or("PUBLISH_TIMEOUT_SECS", Duration::from_secs(5))?,
+            publish_timeout: args.publish_timeout_secs,
             quorum_group_size,
         })
     }
@@ -148,31 +98,249 @@ impl AmqpSettings {
 /// the number of nodes `AMQP_URL` lists when it lists several (each queue on every listed node),
 /// and left to the broker for a single URL (a lone node, or a load balancer in front of a cluster;
 /// the broker's `quorum_cluster_size` defaults to 3).
-fn quorum_group_size(value: Option<&str>, nodes: usize) -> Result<Option<u16>> {
+fn quorum_group_size(value: Option<u16>, nodes: usize) -> Option<u16> {
     match value {
-        None if nodes > 1 => Ok(Some(nodes.min(u16::MAX as usize) as u16)),
-        None => Ok(None),
-        Some(v) => match v.parse::<u16>() {
-            Ok(0) => Ok(None),
-            Ok(n) => Ok(Some(n)),
-            Err(_) => Err(ConfigError {
-                var: "AMQP_QUORUM_GROUP_SIZE",
-                problem: "must be a whole number of replicas (0 = the broker's default)".into(),
-            }),
+        None if nodes > 1 => Some(nodes.min(u16::MAX as usize) as u16),
+        None | Some(0) => None,
+        Some(n) => Some(n),
+    }
+}
+
+/// The `AMQP_QUORUM_GROUP_SIZE` value parser.
+fn replicas(v: &str) -> std::result::Result<u16, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| "must be a whole number of replicas (0 = the broker's default)".to_string())
+}
+
+/// The database URL (it may contain a password: never log it), from the environment alone.
+pub fn database_url() -> Result<String> {
+    parse_env::<DatabaseArgs>("cio-sync")?.url()
+}
+
+/// The Postgres settings of the commands that use the database.
+#[derive(clap::Args, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL (it may contain a password: never printed)
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, value_parser = trimmed)]
+    pub database_url: String,
+}
+
+impl DatabaseArgs {
+    /// The URL, once it is known to be a Postgres one.
+    pub fn url(self) -> Result<String> {
+        let url = self.database_url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                problem: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(url)
+    }
+}
+
+/// The broker settings shared by both binaries.
+#[derive(clap::Args, Clone)]
+pub struct AmqpArgs {
+    /// RabbitMQ: one URL, or a comma-separated list of the nodes of one cluster (it holds the
+    /// broker password: never printed)
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = trimmed)]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue
+    #[arg(long, env = "AMQP_NAMESPACE", default_value = DEFAULT_NAMESPACE, value_parser = trimmed)]
+    pub amqp_namespace: String,
+    /// Seconds a publish waits for the broker's confirm before it counts as failed
+    #[arg(long, env = "PUBLISH_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds)]
+    pub publish_timeout_secs: Duration,
+    /// Replicas of each quorum queue when it is created (0 = the broker's default) [default: the
+    /// number of nodes AMQP_URL lists when it lists several, else the broker's default]
+    #[arg(long, env = "AMQP_QUORUM_GROUP_SIZE", value_parser = replicas)]
+    pub amqp_quorum_group_size: Option<u16>,
+}
+
+/// How both binaries log.
+#[derive(clap::Args, Clone)]
+pub struct LogArgs {
+    /// Log line format: text or json (the filter is RUST_LOG)
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = log_format)]
+    pub log_format: String,
+}
+
+fn log_format(v: &str) -> std::result::Result<String, String> {
+    let f = v.trim().to_ascii_lowercase();
+    if f == "text" || f == "json" {
+        Ok(f)
+    } else {
+        Err("must be text or json".into())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Value parsers: every one trims its input and says what is expected without echoing the value.
+
+/// Any value, trimmed.
+pub fn trimmed(v: &str) -> std::result::Result<String, String> {
+    Ok(v.trim().to_string())
+}
+
+/// A duration in seconds (fractions allowed: `0.5`), `0` included.
+pub fn seconds(v: &str) -> std::result::Result<Duration, String> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "must be a number of seconds".to_string())
+}
+
+/// A timeout in seconds: more than 0.
+pub fn positive_seconds(v: &str) -> std::result::Result<Duration, String> {
+    match seconds(v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err("must be more than 0 seconds".into()),
+    }
+}
+
+/// A count of at least 1.
+pub fn count(v: &str) -> std::result::Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
+}
+
+/// A socket address like `0.0.0.0:8080`.
+pub fn socket_addr(v: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| "must be an address like 0.0.0.0:8080".to_string())
+}
+
+/// A number of requests per second: more than 0.
+pub fn rate(v: &str) -> std::result::Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err("must be a positive number of requests per second".into()),
+    }
+}
+
+/// A comma-separated list; items are trimmed and empty items dropped.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Parsing: the environment is the primary source, flags work too.
+
+/// A variable that is set but blank counts as unset (compose and Kubernetes examples set
+/// optional variables to ""), so that its default applies: its `env` is removed from the
+/// command before parsing, in every subcommand.
+fn blank_env_as_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        let blank = a
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|v| v.to_str().is_some_and(|s| s.trim().is_empty()));
+        if blank {
+            a.env(None::<&'static str>)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(blank_env_as_unset)
+}
+
+/// The argument of `cmd` (or of one of its subcommands) that clap names `display` in an error
+/// (`--long <VALUE>`; every setting has a long flag).
+fn find_arg<'a>(cmd: &'a clap::Command, display: &str) -> Option<&'a clap::Arg> {
+    let named = |a: &clap::Arg| {
+        a.get_long().is_some_and(|l| {
+            display
+                .strip_prefix("--")
+                .and_then(|d| d.strip_prefix(l))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '=']))
+        })
+    };
+    cmd.get_arguments()
+        .find(|a| named(a))
+        .or_else(|| cmd.get_subcommands().find_map(|s| find_arg(s, display)))
+}
+
+/// A clap error about the value of a setting, as the [`ConfigError`] naming its variable; `None`
+/// for other errors (usage, `--help`, `--version`, a command's own flags). The problem is the value parser's message, which never
+/// echoes the value (clap's own message would).
+pub fn config_error(cmd: &clap::Command, e: &clap::Error) -> Option<ConfigError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let Some(ContextValue::String(display)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // Only settings (arguments with a variable): a command's own flags keep clap's message.
+    let name = find_arg(cmd, display)?.get_env()?.to_string_lossy().into_owned();
+    let problem = match std::error::Error::source(e) {
+        Some(source) => source.to_string(),
+        None => match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(v)) => format!("must be one of {}", v.join(", ")),
+            _ => "is invalid".into(),
+        },
+    };
+    Some(ConfigError {
+        // Leaked once: the binary is about to stop, and ConfigError names static variables.
+        var: Box::leak(name.into_boxed_str()),
+        problem,
+    })
+}
+
+/// Parses settings from the environment alone (no command-line arguments), as `bin` would.
+pub fn parse_env<A: clap::Args + clap::FromArgMatches>(bin: &'static str) -> Result<A> {
+    let mut cmd = blank_env_as_unset(A::augment_args(clap::Command::new(bin)));
+    cmd.try_get_matches_from_mut([bin])
+        .and_then(|m| A::from_arg_matches(&m))
+        .map_err(|e| {
+            config_error(&cmd, &e).unwrap_or_else(|| ConfigError {
+                var: "environment",
+                problem: format!("cannot be read: {}", e.kind()),
+            })
+        })
+}
+
+/// Parses the real command line (and the environment) of a binary: `--help` and `--version`
+/// print and exit 0, a usage error exits 2 with clap's message, an invalid value exits 2 with one
+/// line naming its variable.
+pub fn parse_cli<P: clap::Parser>() -> P {
+    let mut cmd = blank_env_as_unset(P::command());
+    let parsed = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|m| P::from_arg_matches(&m));
+    match parsed {
+        Ok(p) => p,
+        Err(e) => match config_error(&cmd, &e) {
+            Some(c) => {
+                eprintln!("{c}");
+                std::process::exit(2);
+            }
+            None => e.format(&mut cmd).exit(),
         },
     }
 }
 
-/// The database URL (it may contain a password: never log it).
-pub fn database_url() -> Result<String> {
-    let url = or_default("DATABASE_URL", DEFAULT_DATABASE_URL);
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError {
-            var: "DATABASE_URL",
-            problem: "must start with postgres:// or postgresql://".into(),
-        });
+/// Every variable a command reads, in it and in its subcommands, sorted and without duplicates.
+pub fn env_names(cmd: &clap::Command) -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    for sub in cmd.get_subcommands() {
+        names.extend(env_names(sub));
     }
-    Ok(url)
+    names
 }
 
 #[cfg(test)]
@@ -204,13 +372,48 @@ mod tests {
 
     #[test]
     fn the_quorum_group_size_follows_the_node_list_unless_set() {
-        assert_eq!(quorum_group_size(None, 3), Ok(Some(3)));
-        assert_eq!(quorum_group_size(None, 1), Ok(None));
-        assert_eq!(quorum_group_size(Some("5"), 3), Ok(Some(5)));
-        assert_eq!(quorum_group_size(Some("0"), 3), Ok(None));
+        assert_eq!(quorum_group_size(None, 3), Some(3));
+        assert_eq!(quorum_group_size(None, 1), None);
+        assert_eq!(quorum_group_size(Some(5), 3), Some(5));
+        assert_eq!(quorum_group_size(Some(0), 3), None);
+        assert!(replicas("three").unwrap_err().contains("whole number of replicas"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Probe {
+        #[command(flatten)]
+        amqp: AmqpArgs,
+    }
+
+    fn probe(args: &[&str]) -> std::result::Result<Probe, Option<ConfigError>> {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Probe::command();
+        cmd.try_get_matches_from_mut(args)
+            .and_then(|m| Probe::from_arg_matches(&m))
+            .map_err(|e| config_error(&cmd, &e))
+    }
+
+    #[test]
+    fn an_invalid_value_is_a_config_error_naming_the_variable() {
+        let e = probe(&["p", "--publish-timeout-secs", "0"]).err().unwrap().unwrap();
         assert_eq!(
-            quorum_group_size(Some("three"), 3).unwrap_err().var,
-            "AMQP_QUORUM_GROUP_SIZE"
+            e.to_string(),
+            "configuration error: PUBLISH_TIMEOUT_SECS must be more than 0 seconds"
         );
+        let p = probe(&["p", "--publish-timeout-secs", " 0.5 "]).ok().unwrap();
+        assert_eq!(p.amqp.publish_timeout_secs, Duration::from_millis(500));
+        assert!(probe(&["p", "--no-such-flag"]).err().unwrap().is_none());
+    }
+
+    #[test]
+    fn value_parsers_check_ranges() {
+        assert!(positive_seconds("0").is_err());
+        assert_eq!(seconds("0"), Ok(Duration::ZERO));
+        assert!(seconds("-1").is_err());
+        assert!(count("0").is_err());
+        assert_eq!(count(" 3 "), Ok(3));
+        assert!(rate("0").is_err());
+        assert!(socket_addr("nowhere").is_err());
+        assert_eq!(split_list(" a, ,b ,"), vec!["a", "b"]);
     }
 }

@@ -107,17 +107,9 @@ fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Reads `LOG_FORMAT`, accepting only `text` and `json`.
+/// Reads `LOG_FORMAT` from the environment, accepting only `text` and `json`.
 pub fn format_from_env() -> crate::config::Result<String> {
-    let f = crate::config::or_default("LOG_FORMAT", "text").to_ascii_lowercase();
-    if f == "text" || f == "json" {
-        Ok(f)
-    } else {
-        Err(crate::config::ConfigError {
-            var: "LOG_FORMAT",
-            problem: "must be text or json".into(),
-        })
-    }
+    Ok(crate::config::parse_env::<crate::config::LogArgs>("cio-sync")?.log_format)
 }
 
 #[cfg(test)]

@@ -134,4 +134,82 @@ fn missing_or_invalid_configuration_stops_with_one_line_naming_the_variable() {
         &[("CIO_APP_API_KEY", "k"), ("SMTP_URL", "smtp://localhost:25")],
         "MAIL_FROM",
     );
+    run_expecting_config_error(
+        "ingress",
+        &[],
+        &[
+            ("ACCESS_KEYS", "a-long-enough-key-123456"),
+            ("PUBLISH_TIMEOUT_SECS", "0"),
+        ],
+        "PUBLISH_TIMEOUT_SECS must be more than 0 seconds",
+    );
+    run_expecting_config_error(
+        "worker",
+        &["run"],
+        &[("CIO_APP_API_KEY", "k"), ("PASSWORD_LENGTH", "8")],
+        "PASSWORD_LENGTH must be between 16 and 128",
+    );
+}
+
+fn output(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(testkit::procs::bin_dir().join(bin));
+    cmd.args(args).env_clear().envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Help is wrapped to the terminal's width: compare with single spaces.
+    (out.status.code(), text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default_and_hides_secrets() {
+    let secrets = [
+        ("ACCESS_KEYS", "secret-access-key-0123456789"),
+        ("CIO_APP_API_KEY", "secret-app-api-key"),
+        ("AMQP_URL", "amqp://user:secret-broker-password@host/%2f"),
+        ("DATABASE_URL", "postgres://user:secret-db-password@host/db"),
+    ];
+    let ingress = shared::config::env_names(&<ingress::Cli as clap::CommandFactory>::command());
+    let (code, help) = output("ingress", &["--help"], &secrets);
+    assert_eq!(code, Some(0), "{help}");
+    for name in &ingress {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "ingress --help lists {name}:\n{help}"
+        );
+    }
+    assert!(help.contains("[default: 5]") && help.contains("check"), "{help}");
+    let run = shared::config::env_names(&<worker::settings::RunArgs as clap::Args>::augment_args(
+        clap::Command::new("run"),
+    ));
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let (code, help) = output("worker", args, &secrets);
+        assert_eq!(code, Some(0), "{help}");
+        for name in &run {
+            assert!(
+                help.contains(&format!("[env: {name}")),
+                "worker {args:?} lists {name}:\n{help}"
+            );
+        }
+        assert!(help.contains("[default: 24h]"), "{help}");
+    }
+    for (bin, args) in [
+        ("ingress", &["--help"][..]),
+        ("worker", &["--help"]),
+        ("worker", &["run", "--help"]),
+    ] {
+        let (_, help) = output(bin, args, &secrets);
+        assert!(!help.contains("secret-"), "{bin} {args:?} shows a secret:\n{help}");
+    }
+    for bin in ["ingress", "worker"] {
+        let (code, version) = output(bin, &["--version"], &[]);
+        assert_eq!(code, Some(0));
+        assert!(
+            version.starts_with(&format!("{bin} {}", env!("CARGO_PKG_VERSION"))),
+            "{version}"
+        );
+    }
 }

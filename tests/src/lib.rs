@@ -5,6 +5,7 @@ pub mod bench;
 pub mod broker;
 pub mod browser;
 pub mod cluster;
+pub mod config_table;
 pub mod console;
 pub mod env;
 pub mod pipeline;

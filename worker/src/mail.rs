@@ -6,7 +6,7 @@ use lettre::{
     message::{header::ContentType, Mailbox},
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
 };
-use shared::config::{self, ConfigError};
+use shared::config::ConfigError;
 
 pub const DEFAULT_SUBJECT: &str = "Your account is ready";
 /// The notice to the old address after the login e-mail changed (built in; same placeholders,
@@ -31,13 +31,14 @@ impl Default for Templates {
 }
 
 impl Templates {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// The built-in templates, with `MAIL_SUBJECT` and the body of `MAIL_TEMPLATE_FILE` when set.
+    pub fn load(subject: Option<String>, template_file: Option<&str>) -> Result<Self, ConfigError> {
         let mut t = Templates::default();
-        if let Some(s) = config::var("MAIL_SUBJECT") {
+        if let Some(s) = subject {
             t.subject = s;
         }
-        if let Some(path) = config::var("MAIL_TEMPLATE_FILE") {
-            t.body = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        if let Some(path) = template_file {
+            t.body = std::fs::read_to_string(path).map_err(|e| ConfigError {
                 var: "MAIL_TEMPLATE_FILE",
                 problem: format!("cannot be read: {e}"),
             })?;

@@ -1,15 +1,19 @@
 //! The worker binary: parse the command line; `run` reads the whole configuration, the operator
 //! commands only what they need.
 
-use clap::Parser;
 use worker::cli::{Cli, Cmd};
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    let code = match cli.command.unwrap_or(Cmd::Run) {
-        Cmd::Run => {
-            let settings = worker::Settings::from_env().unwrap_or_else(|e| {
+    let cli: Cli = shared::config::parse_cli();
+    let run = match cli.command {
+        None => Ok(cli.run),
+        Some(Cmd::Run(args)) => Ok(args),
+        Some(other) => Err(other),
+    };
+    let code = match run {
+        Ok(args) => {
+            let settings = worker::Settings::from_args(args).unwrap_or_else(|e| {
                 eprintln!("{e}");
                 std::process::exit(2);
             });
@@ -22,11 +26,11 @@ async fn main() {
                 }
             }
         }
-        other => {
+        Err(other) => {
             // The console is a service and logs like `run`; the other commands print their output
             // on stdout and log warnings to stderr.
             let format = shared::telemetry::format_from_env().unwrap_or_else(|_| "text".into());
-            if matches!(other, Cmd::Console) {
+            if matches!(other, Cmd::Console(_)) {
                 shared::telemetry::init(&format);
             } else {
                 shared::telemetry::init_for_commands(&format);

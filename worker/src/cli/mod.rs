@@ -2,6 +2,11 @@
 //! `outbox …`, `prune`, `erase`, `console`. Operator commands need only `DATABASE_URL` and the AMQP
 //! settings (`check` the whole configuration, the console also its tokens).
 //!
+//! The settings of `run` ([`RunArgs`]) are read from their variables (or flags) by clap for `worker`
+//! and `worker run`; none is required by clap, so that the operator commands start without them,
+//! and [`crate::Settings::from_args`] refuses a missing one. Their values are checked for every
+//! command: an invalid one stops any command with one line naming the variable.
+//!
 //! Every list and show command prints text for people (the default) or, with `--output json`,
 //! JSON for scripts: a list is JSON lines (one object per line, nothing else on stdout; counts go
 //! to stderr), a show is one object. Usage errors exit with 2, failures with 1.
@@ -19,15 +24,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shared::config::{self, AmqpSettings};
 use uuid::Uuid;
 
+use crate::{console::settings::ConsoleArgs, settings::RunArgs};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "worker",
     version,
-    about = "cio-sync worker: syncs Customer.io contacts into Postgres"
+    about = "cio-sync worker: syncs Customer.io contacts into Postgres",
+    long_about = "cio-sync worker: syncs Customer.io contacts into Postgres.\n\nWithout a command it runs (`worker run`). Every setting is read from its environment variable (shown below with its default); a flag overrides it. Values are checked at start.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Cmd>,
+    // The settings of `run`, the command run when none is given.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// How a list or show command prints.
@@ -40,10 +52,12 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process: the size of the settings' variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Consume commands and deliver the outbox until SIGTERM (the default).
-    Run,
+    Run(RunArgs),
     /// Check every configured dependency and credential without changing anything.
     ///
     /// One line per check (`ok`, `FAIL` or `skip`); exits 1 when any check fails. Reads the same
@@ -82,12 +96,7 @@ pub enum Cmd {
         email: String,
     },
     /// Serve the operator console (web pages and a JSON API) until SIGTERM.
-    ///
-    /// CONSOLE_TOKENS: comma-separated operator tokens, each optionally `label:token`, at least 16
-    /// characters (required). CONSOLE_ADDR: listen address (default 127.0.0.1:8088).
-    /// CONSOLE_SECURE_COOKIE: auto (Secure unless listening on loopback), true or false.
-    /// Also DATABASE_URL, AMQP_URL, AMQP_NAMESPACE and CIO_APP_RATE_LIMIT (for the budget shown).
-    Console,
+    Console(ConsoleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,9 +225,9 @@ fn print_json(v: &serde_json::Value) {
 /// Runs an operator command; returns the process exit code.
 pub async fn operate(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Run => unreachable!("handled by main"),
-        Cmd::Console => {
-            let settings = crate::console::ConsoleSettings::from_env().unwrap_or_else(|e| fail(e));
+        Cmd::Run(_) => unreachable!("handled by main"),
+        Cmd::Console(args) => {
+            let settings = crate::console::ConsoleSettings::from_args(args).unwrap_or_else(|e| fail(e));
             crate::console::run_from_env(settings, shared::shutdown::signal()).await?;
             Ok(0)
         }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use secrecy::SecretString;
-use shared::config::{self, AmqpSettings, ConfigError};
+use shared::config::{self, AmqpArgs, AmqpSettings, ConfigError, DatabaseArgs, LogArgs};
 
 /// Where the console listens unless `CONSOLE_ADDR` says otherwise: this machine only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8088";
@@ -83,30 +83,83 @@ pub fn parse_tokens(items: &[String]) -> Result<Vec<OperatorToken>, ConfigError>
     Ok(out)
 }
 
+/// Whether the session cookie carries `Secure` (`CONSOLE_SECURE_COOKIE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureCookie {
+    /// `Secure` unless the console listens on a loopback address.
+    Auto,
+    On,
+    Off,
+}
+
+fn secure_cookie(v: &str) -> Result<SecureCookie, String> {
+    match v.trim() {
+        "auto" => Ok(SecureCookie::Auto),
+        "true" | "1" => Ok(SecureCookie::On),
+        "false" | "0" => Ok(SecureCookie::Off),
+        _ => Err("must be auto, true or false".into()),
+    }
+}
+
+/// The settings of `worker console` as clap reads them: every one from its variable (or a flag).
+#[derive(clap::Args, Clone)]
+pub struct ConsoleArgs {
+    /// Comma-separated operator tokens, each optionally label:token, at least 16 characters
+    /// (required)
+    #[arg(long, env = "CONSOLE_TOKENS", hide_env_values = true)]
+    pub console_tokens: Option<String>,
+    /// The console's listen address
+    #[arg(long, env = "CONSOLE_ADDR", default_value = DEFAULT_ADDR, value_parser = config::socket_addr)]
+    pub console_addr: SocketAddr,
+    /// auto (a Secure session cookie unless CONSOLE_ADDR is a loopback address), true or false
+    #[arg(long, env = "CONSOLE_SECURE_COOKIE", default_value = "auto", value_parser = secure_cookie)]
+    pub console_secure_cookie: SecureCookie,
+    /// App API requests/s shared by all workers (to show the budget's state)
+    #[arg(long, env = "CIO_APP_RATE_LIMIT", default_value = "10", value_parser = config::rate)]
+    pub cio_app_rate_limit: f64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl std::fmt::Debug for ConsoleArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tokens and the URLs are secrets: nothing is shown.
+        f.write_str("ConsoleArgs { .. }")
+    }
+}
+
 impl ConsoleSettings {
+    /// The console's settings from the environment alone.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let tokens = parse_tokens(&config::list("CONSOLE_TOKENS"))?;
-        let addr: SocketAddr = config::or_default("CONSOLE_ADDR", DEFAULT_ADDR)
-            .parse()
-            .map_err(|_| invalid("CONSOLE_ADDR", "must be an address like 127.0.0.1:8088"))?;
-        let secure_cookie = match config::var("CONSOLE_SECURE_COOKIE").as_deref() {
-            None | Some("auto") => !addr.ip().is_loopback(),
-            Some("true") | Some("1") => true,
-            Some("false") | Some("0") => false,
-            Some(_) => return Err(invalid("CONSOLE_SECURE_COOKIE", "must be auto, true or false")),
+        Self::from_args(config::parse_env::<ConsoleArgs>("worker console")?)
+    }
+
+    /// Checks what clap cannot: the tokens and the broker's node list.
+    pub fn from_args(args: ConsoleArgs) -> Result<Self, ConfigError> {
+        let items = args
+            .console_tokens
+            .as_deref()
+            .map(config::split_list)
+            .unwrap_or_default();
+        let tokens = parse_tokens(&items)?;
+        let addr = args.console_addr;
+        let secure_cookie = match args.console_secure_cookie {
+            SecureCookie::Auto => !addr.ip().is_loopback(),
+            SecureCookie::On => true,
+            SecureCookie::Off => false,
         };
-        let app_rate_limit: f64 = config::parse_or("CIO_APP_RATE_LIMIT", 10.0)?;
-        if !(app_rate_limit.is_finite() && app_rate_limit > 0.0) {
-            return Err(invalid("CIO_APP_RATE_LIMIT", "must be a positive number"));
-        }
         Ok(Self {
             addr,
             tokens,
-            database_url: config::database_url()?,
-            amqp: AmqpSettings::from_env()?,
-            app_rate_limit,
+            database_url: args.database.url()?,
+            amqp: AmqpSettings::from_args(args.amqp)?,
+            app_rate_limit: args.cio_app_rate_limit,
             secure_cookie,
-            log_format: shared::telemetry::format_from_env()?,
+            log_format: args.log.log_format,
         })
     }
 }
