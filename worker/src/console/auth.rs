@@ -30,7 +30,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{pages, settings::OperatorToken, AppState};
+use super::{layout, settings::OperatorToken, AppState};
 
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -202,7 +202,7 @@ pub fn refuse(status: StatusCode, api: bool, message: &str) -> Response {
     if api {
         (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
     } else {
-        pages::error_page(status, message, None)
+        layout::error_page(status, message, None)
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! Each module holds one concern: `settings` (configuration), `auth` (tokens, sessions, CSRF and
 //! origin checks), `broker` (the AMQP link), the data modules (`events`, `dead_letters`, `outbox`,
-//! `overview`, `chart`), and the two faces: `pages` (HTML) and `api` (JSON). Nothing secret is ever
+//! `overview`, `chart`), the two faces: `pages` (HTML) and `api` (JSON), and `layout` (the frame,
+//! rendering and the error page, which `auth` also answers with). Nothing secret is ever
 //! read for display: no password hash, no outbox `secret`, no key or token.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod broker;
 pub mod chart;
 pub mod dead_letters;
 pub mod events;
+pub mod layout;
 pub mod outbox;
 pub mod overview;
 pub mod pages;

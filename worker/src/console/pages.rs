@@ -7,7 +7,7 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, State},
     http::{header, HeaderMap, StatusCode},
-    response::{Html, IntoResponse, Redirect, Response},
+    response::{IntoResponse, Redirect, Response},
     Extension,
 };
 use chrono::{DateTime, Utc};
@@ -18,6 +18,7 @@ use super::{
     chart::{self, Chart},
     dead_letters::{self, DeadPage, DeadQuery, Job, Purged},
     events::{self, EventDetail, EventFilters, EventQuery, EventsPage, UserDetail, ACTIONS, STATUSES},
+    layout::{error_page, render, Chrome},
     outbox::{self, OutboxPage, OutboxQuery, KINDS},
     overview::{self, Overview},
     AppState, ConsoleError,
@@ -53,30 +54,15 @@ fn link(path: &str, pairs: &[(&str, String)]) -> String {
 }
 
 /// The frame around every page: the navigation, who is signed in, the CSRF token for forms.
-pub struct Chrome {
-    pub active: &'static str,
-    pub operator: String,
-    pub csrf: String,
-}
-
-impl Chrome {
-    fn new(active: &'static str, op: &Operator) -> Self {
-        Self {
-            active,
-            operator: op.label.clone(),
-            csrf: op.csrf.clone(),
-        }
-    }
-    fn anonymous() -> Self {
-        Self {
-            active: "",
-            operator: String::new(),
-            csrf: String::new(),
-        }
+/// The frame of a signed-in operator's page.
+fn chrome(active: &'static str, op: &Operator) -> Chrome {
+    Chrome {
+        active,
+        operator: op.label.clone(),
+        csrf: op.csrf.clone(),
     }
 }
 
-/// A page failure as HTML.
 pub struct PageError(ConsoleError, Option<Chrome>);
 
 impl IntoResponse for PageError {
@@ -104,35 +90,8 @@ impl<T> OrPage<T> for Result<T, ConsoleError> {
     }
 }
 
-fn render(t: &impl Template) -> Response {
-    match t.render() {
-        Ok(html) => Html(html).into_response(),
-        Err(e) => {
-            tracing::error!("console: template failed: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "error.html", config = "src/console/askama.toml")]
-struct ErrorPage {
-    c: Chrome,
-    status: u16,
-    message: String,
-}
-
-pub fn error_page(status: StatusCode, message: &str, chrome: Option<Chrome>) -> Response {
-    let page = ErrorPage {
-        c: chrome.unwrap_or_else(Chrome::anonymous),
-        status: status.as_u16(),
-        message: message.to_string(),
-    };
-    (status, render(&page)).into_response()
-}
-
 pub async fn not_found(Extension(op): Extension<Operator>) -> Response {
-    error_page(StatusCode::NOT_FOUND, "no such page", Some(Chrome::new("", &op)))
+    error_page(StatusCode::NOT_FOUND, "no such page", Some(chrome("", &op)))
 }
 
 pub async fn stylesheet() -> Response {
@@ -271,7 +230,7 @@ struct OverviewPage {
 }
 
 pub async fn overview(State(st): State<AppState>, Extension(op): Extension<Operator>) -> Result<Response, PageError> {
-    let c = Chrome::new("overview", &op);
+    let c = chrome("overview", &op);
     let o = overview::load(&st.pool, &st.broker, st.app_rate_limit)
         .await
         .or_page(&c)?;
@@ -313,7 +272,7 @@ pub async fn events(
     Extension(op): Extension<Operator>,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("events", &op);
+    let c = chrome("events", &op);
     let p = events::search(&st.pool, &q).await.or_page(&c)?;
     let base = filter_pairs(&p.filters);
     let chips = p
@@ -358,7 +317,7 @@ pub async fn event(
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("events", &op);
+    let c = chrome("events", &op);
     let d = events::detail(&st.pool, &id).await.or_page(&c)?;
     Ok(render(&EventView { c, d }))
 }
@@ -375,7 +334,7 @@ pub async fn user(
     Extension(op): Extension<Operator>,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("events", &op);
+    let c = chrome("events", &op);
     let u = events::user(&st.pool, id).await.or_page(&c)?;
     Ok(render(&UserView { c, u }))
 }
@@ -394,7 +353,7 @@ pub async fn dead_letters(
     Extension(op): Extension<Operator>,
     Query(q): Query<DeadQuery>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("dead", &op);
+    let c = chrome("dead", &op);
     let p = dead_letters::list(&st.broker, &q).await.or_page(&c)?;
     Ok(render(&DeadView { c, p }))
 }
@@ -436,7 +395,7 @@ pub async fn dead_letter_action(
     Extension(op): Extension<Operator>,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("dead", &op);
+    let c = chrome("dead", &op);
     let f = form(&body);
     let ids = dead_letters::check_selection(&f.ids).or_page(&c)?;
     match f.op.as_deref() {
@@ -465,7 +424,7 @@ pub async fn purge(
     Extension(op): Extension<Operator>,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("dead", &op);
+    let c = chrome("dead", &op);
     let f = form(&body);
     let ids = dead_letters::check_selection(&f.ids).or_page(&c)?;
     let confirm = f.confirm.and_then(|n| n.trim().parse().ok()).unwrap_or(usize::MAX);
@@ -487,7 +446,7 @@ pub async fn job(
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("dead", &op);
+    let c = chrome("dead", &op);
     let j = st
         .jobs
         .get(&id)
@@ -521,7 +480,7 @@ pub async fn outbox(
     Extension(op): Extension<Operator>,
     Query(q): Query<OutboxPageQuery>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("outbox", &op);
+    let c = chrome("outbox", &op);
     let p = outbox::list(&st.pool, &q.q).await.or_page(&c)?;
     let next_url = p.next.map(|n| {
         link(
@@ -554,7 +513,7 @@ pub async fn outbox_retry(
     Extension(op): Extension<Operator>,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let c = Chrome::new("outbox", &op);
+    let c = chrome("outbox", &op);
     let r = outbox::retry(&st.pool, id).await.or_page(&c)?;
     tracing::info!(operator = %op.label, id, retried = r.retried, "console: outbox retry");
     let key = if r.retried { "retried" } else { "unchanged" };
