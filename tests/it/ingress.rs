@@ -150,6 +150,12 @@ async fn bad_keys_are_403_and_bad_requests_are_400_naming_the_problem() {
             r#"{"email":"nobody"}"#,
             "malformed contact e-mail",
         ),
+        // An address the welcome e-mail could not be sent to is refused here, not later.
+        (
+            format!("{k}&wpf_action=add"),
+            r#"{"email":"jane..doe@example.com"}"#,
+            "not allowed in an address",
+        ),
         (format!("{k}&wpf_action=update_tags&tags=VIP"), body, "tags must be"),
     ];
     for (q, b, want) in cases {
