@@ -60,6 +60,23 @@ fn delete_events_sql(pick: &str) -> String {
     )
 }
 
+/// Runs one batch after another until a batch deletes fewer than [`BATCH`] rows (by the first
+/// count); returns both counts summed over the batches.
+async fn in_batches<F, Fut>(mut batch: F) -> Result<(u64, u64), sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, u64), sqlx::Error>>,
+{
+    let mut total = (0, 0);
+    loop {
+        let (rows, also) = batch().await?;
+        total = (total.0 + rows, total.1 + also);
+        if rows < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// Pending outbox work names the event it came from: such events are kept.
 const NO_PENDING_OUTBOX: &str =
     "not exists (select 1 from outbox o where o.event_id = w.event_id and o.status = 'pending')";
@@ -74,21 +91,17 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
           where w.finished_at < $1 and w.status = any($2) and {NO_PENDING_OUTBOX}
           limit $3"
     ));
-    loop {
+    (out.events, out.log_lines) = in_batches(|| async {
         let (events, lines): (i64, i64) = sqlx::query_as(&sql)
             .bind(cutoff)
             .bind(&finals)
             .bind(BATCH)
             .fetch_one(pool)
             .await?;
-        let (events, lines) = (events as u64, lines as u64);
-        out.events += events;
-        out.log_lines += lines;
-        if events < BATCH as u64 {
-            break;
-        }
-    }
-    loop {
+        Ok((events as u64, lines as u64))
+    })
+    .await?;
+    (out.claims, _) = in_batches(|| async {
         let n = sqlx::query(
             "delete from contact_syncs where key in (
                  select key from contact_syncs
@@ -100,11 +113,9 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
         .execute(pool)
         .await?
         .rows_affected();
-        out.claims += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
+        Ok((n, 0))
+    })
+    .await?;
     out.kept_for_outbox = sqlx::query_scalar::<_, i64>(&format!(
         "select count(*) from webhook_events w
           where w.finished_at < $1 and w.status = any($2) and not ({NO_PENDING_OUTBOX})"
@@ -127,22 +138,18 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<Erased, sqlx::Error> {
           where fold_email(w.email) = fold_email($1) and w.status <> all($2) and {NO_PENDING_OUTBOX}
           limit $3"
     ));
-    loop {
+    (out.events, out.log_lines) = in_batches(|| async {
         let (events, lines): (i64, i64) = sqlx::query_as(&sql)
             .bind(email)
             .bind(&in_flight[..])
             .bind(BATCH)
             .fetch_one(pool)
             .await?;
-        let (events, lines) = (events as u64, lines as u64);
-        out.events += events;
-        out.log_lines += lines;
-        if events < BATCH as u64 {
-            break;
-        }
-    }
+        Ok((events as u64, lines as u64))
+    })
+    .await?;
     // The coalescing key is `action|folded e-mail|…`; a row whose lease is running is left alone.
-    loop {
+    (out.claims, _) = in_batches(|| async {
         let n = sqlx::query(
             "delete from contact_syncs where key in (
                  select key from contact_syncs
@@ -155,11 +162,9 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<Erased, sqlx::Error> {
         .execute(pool)
         .await?
         .rows_affected();
-        out.claims += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
+        Ok((n, 0))
+    })
+    .await?;
     let (pending, flying): (i64, i64) = sqlx::query_as(&format!(
         "select count(*) filter (where not ({NO_PENDING_OUTBOX})),
                 count(*) filter (where w.status = any($2))
