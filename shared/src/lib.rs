@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod email;

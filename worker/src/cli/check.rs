@@ -3,38 +3,13 @@
 //! when any check failed (2 when the configuration itself is invalid). Secrets are never printed:
 //! a refused key is named by its setting.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
+use shared::check::{self, Report, Wanted, TIMEOUT};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
 use super::migrate::{self, State};
 use crate::{cio::CioClient, cio::CioError, mail::Mailer, ratelimit::RateLimiter, Settings};
-
-/// How long one check may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The report being printed; remembers whether anything failed.
-#[derive(Default)]
-pub struct Report {
-    failed: bool,
-}
-
-impl Report {
-    pub fn ok(&mut self, what: impl std::fmt::Display) {
-        println!("ok   {what}");
-    }
-    pub fn fail(&mut self, what: impl std::fmt::Display) {
-        self.failed = true;
-        println!("FAIL {what}");
-    }
-    pub fn skip(&mut self, what: impl std::fmt::Display) {
-        println!("skip {what}");
-    }
-    /// The exit code: 0 when every check passed or was skipped.
-    pub fn code(&self) -> i32 {
-        i32::from(self.failed)
-    }
-}
 
 pub async fn run() -> i32 {
     let settings = match Settings::from_env() {
@@ -121,33 +96,20 @@ async fn migrations(r: &mut Report, pool: &PgPool) {
 
 async fn broker(r: &mut Report, settings: &Settings) {
     let names = settings.amqp.names();
-    let nodes = shared::broker::Nodes::new(&settings.amqp.url);
-    let conn = match tokio::time::timeout(TIMEOUT, nodes.connect("cio-sync check")).await {
-        Ok(Ok((conn, node))) => {
-            r.ok(format!("broker reachable ({node})"));
-            conn
-        }
-        Ok(Err(e)) => return r.fail(format!("broker (AMQP_URL): {e}")),
-        Err(_) => {
-            return r.fail(format!("broker (AMQP_URL): no answer within {}s", TIMEOUT.as_secs()));
-        }
-    };
     let (exchanges, queues) = (names.all_exchanges(), names.all_queues());
-    let missing = shared::topology::missing(&conn, &exchanges, &queues).await;
-    if missing.is_empty() {
-        r.ok(format!(
-            "broker topology present ({} exchanges, {} queues of namespace {})",
-            exchanges.len(),
-            queues.len(),
-            names.namespace()
-        ));
-    } else {
-        r.fail(format!(
-            "broker topology: missing {} (the ingress and `worker run` declare it when they start)",
-            missing.join(", ")
-        ));
-    }
-    let _ = conn.close(200, "checked".into()).await;
+    let present = format!(
+        "{} exchanges, {} queues of namespace {}",
+        exchanges.len(),
+        queues.len(),
+        names.namespace()
+    );
+    let wanted = Wanted {
+        subject: "broker topology",
+        exchanges: &exchanges,
+        queues: &queues,
+        present,
+    };
+    check::broker(r, &settings.amqp, "cio-sync check", wanted).await;
 }
 
 /// A refusal names the setting holding the credential, never its value.
