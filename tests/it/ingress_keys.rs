@@ -9,6 +9,7 @@ use lapin::{options::BasicGetOptions, types::AMQPValue};
 use serde_json::{json, Value};
 use testkit::{
     env::ACCESS_KEY,
+    metrics::scrape,
     procs::{ingress_env, Proc},
     TestEnv,
 };
@@ -75,12 +76,7 @@ async fn the_label_of_the_key_travels_with_the_command_and_into_the_metrics() {
     let msg = take_command(&env).await.expect("queued");
     assert_eq!(key_label(&msg), None);
 
-    let m = reqwest::get(format!("{}/metrics", urls.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&format!("{}/metrics", urls.admin)).await;
     // Metrics are per process (other tests share it): look for at least our requests.
     let count = |series: &str| -> f64 {
         m.lines()

@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use testkit::{env::ACCESS_KEY, wait_until, TestEnv};
+use testkit::{env::ACCESS_KEY, metrics::scrape, wait_until, TestEnv};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -159,12 +159,7 @@ async fn over_the_in_flight_cap_a_webhook_gets_503_at_once() {
     for h in held {
         assert_eq!(h.await.unwrap(), 200, "the held webhooks are confirmed after all");
     }
-    let m = reqwest::get(format!("{}/metrics", urls.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&format!("{}/metrics", urls.admin)).await;
     assert!(
         m.contains(r#"cio_ingress_unavailable_total{reason="in_flight_limit"}"#),
         "{m}"
@@ -241,12 +236,7 @@ async fn a_full_commands_queue_is_503_at_once_counted_and_worded_for_the_caller(
         full,
         "nothing more was queued"
     );
-    let m = reqwest::get(format!("{}/metrics", urls.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&format!("{}/metrics", urls.admin)).await;
     assert!(
         m.contains(r#"cio_ingress_unavailable_total{reason="queue_full"}"#),
         "{m}"

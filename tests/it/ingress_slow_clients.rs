@@ -12,6 +12,7 @@ use std::{
 
 use testkit::{
     env::ACCESS_KEY,
+    metrics::{scrape, series},
     procs::{ingress_env, Proc},
     wait_for, wait_until, TestEnv,
 };
@@ -83,13 +84,6 @@ async fn a_connection_that_sends_no_complete_head_is_closed_after_the_header_tim
     }
 }
 
-/// The value of an unlabelled gauge on the ingress's metrics page.
-async fn gauge(admin: &str, name: &str) -> Option<f64> {
-    let page = reqwest::get(format!("{admin}/metrics")).await.ok()?.text().await.ok()?;
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     // The real binary, so that its open-connection gauge is its own: the request is sent only once
@@ -113,7 +107,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
         "the ingress to watch the connection",
         Duration::from_secs(10),
         || async {
-            match gauge(&admin, "cio_ingress_connections").await {
+            match series(&scrape(&format!("{admin}/metrics")).await, "cio_ingress_connections") {
                 Some(n) if n >= 1.0 => Ok(()),
                 other => Err(format!("open connections: {other:?}")),
             }
@@ -125,12 +119,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     // Kept alive, then cut by the idle timeout (1 s), long before the header timeout (30 s).
     let took = closed_after(&mut s, Duration::from_secs(10)).await;
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    let cut = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cut = scrape(&format!("{admin}/metrics")).await;
     assert!(
         cut.lines()
             .any(|l| l.starts_with("cio_ingress_timeouts_total{phase=\"idle\"} 1")),
@@ -304,12 +293,7 @@ async fn thousands_of_trickling_connections_neither_starve_a_webhook_nor_pile_up
         },
     )
     .await;
-    let m = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&format!("{admin}/metrics")).await;
     for phase in ["head", "body"] {
         let line = format!("cio_ingress_timeouts_total{{phase=\"{phase}\"}}");
         assert!(

@@ -6,13 +6,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use testkit::{
     env::{ACCESS_KEY, SECRETS_KEY},
+    metrics::scrape,
     procs::{free_port, ingress_env, worker_env, Proc},
     wait_for, wait_until, TestEnv,
 };
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_logs_and_redaction_after_real_traffic() {

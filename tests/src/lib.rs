@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config_table;
 pub mod console;
 pub mod env;
+pub mod metrics;
 pub mod pipeline;
 pub mod procs;
 pub mod sim;
