@@ -15,6 +15,15 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl ConfigError {
+    pub fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "configuration error: {} {}", self.var, self.problem)
@@ -222,6 +231,17 @@ pub fn rate(v: &str) -> std::result::Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
         _ => Err("must be a positive number of requests per second".into()),
+    }
+}
+
+/// Seconds in one unit of a written span (`30s`, `90m`, `24h`, `2d`); `None` for another unit.
+pub fn unit_seconds(unit: &str) -> Option<u64> {
+    match unit {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        "d" => Some(86_400),
+        _ => None,
     }
 }
 

@@ -473,13 +473,10 @@ pub fn parse_time_or_age(flag: &str, s: &str) -> Result<DateTime<Utc>, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{flag} {s:?}: use an RFC 3339 time or an age like 30m, 6h, 2d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{flag} {s:?}: unit must be s, m, h or d")),
+    let Some(scale) = shared::config::unit_seconds(unit) else {
+        return Err(format!("{flag} {s:?}: unit must be s, m, h or d"));
     };
+    let secs = n * scale;
     let age = chrono::Duration::from_std(Duration::from_secs(secs)).map_err(|e| format!("{flag} {s:?}: {e}"))?;
     Utc::now()
         .checked_sub_signed(age)

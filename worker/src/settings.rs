@@ -56,13 +56,6 @@ pub struct Settings {
     pub retention_first_run: Duration,
 }
 
-fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
-}
-
 /// The settings of `worker run` (and `worker check`) as clap reads them: every one from its
 /// variable (or a flag). Nothing is required here, so that the operator commands run without the
 /// settings only `run` needs: [`Settings::from_args`] checks those.
@@ -233,11 +226,8 @@ fn human_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let (number, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
     let scale = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
+        "" => 1,
+        u => config::unit_seconds(u).unwrap_or(0),
     };
     match number.parse::<u64>() {
         Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n * scale)),
@@ -263,11 +253,11 @@ fn secrets(args: &RunArgs) -> Result<SecretBox, ConfigError> {
             .map(str::to_string)
     };
     if let Some(ring) = set(&args.secrets_keys) {
-        return SecretBox::ring(&ring).map_err(|p| invalid("SECRETS_KEYS", p));
+        return SecretBox::ring(&ring).map_err(|p| ConfigError::new("SECRETS_KEYS", p));
     }
     match set(&args.secrets_key) {
-        Some(key) => SecretBox::from_base64(&key).map_err(|p| invalid("SECRETS_KEY", p)),
-        None => Err(invalid(
+        Some(key) => SecretBox::from_base64(&key).map_err(|p| ConfigError::new("SECRETS_KEY", p)),
+        None => Err(ConfigError::new(
             "SECRETS_KEYS",
             "is required when RETURN_PASSWORD_FIELD is set (or the single SECRETS_KEY)",
         )),
@@ -283,16 +273,16 @@ impl Settings {
     /// Checks what clap cannot: the settings `run` requires, those required together, the
     /// secrets, and the files.
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
-        let (app_default, track_default) =
-            CioSettings::region_urls(&args.cio_region).ok_or_else(|| invalid("CIO_REGION", "must be us or eu"))?;
+        let (app_default, track_default) = CioSettings::region_urls(&args.cio_region)
+            .ok_or_else(|| ConfigError::new("CIO_REGION", "must be us or eu"))?;
         let secret = |v: &Option<String>| {
             v.as_deref()
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let app_api_key =
-            secret(&args.cio_app_api_key).ok_or_else(|| invalid("CIO_APP_API_KEY", "is required but not set"))?;
+        let app_api_key = secret(&args.cio_app_api_key)
+            .ok_or_else(|| ConfigError::new("CIO_APP_API_KEY", "is required but not set"))?;
         let site_id = args.cio_site_id.clone();
         let track_api_key = secret(&args.cio_track_api_key).map(SecretString::from);
         let cio = CioSettings {
@@ -308,10 +298,13 @@ impl Settings {
             Some(field) => {
                 let secrets = secrets(&args)?;
                 if site_id.is_none() {
-                    return Err(invalid("CIO_SITE_ID", "is required when RETURN_PASSWORD_FIELD is set"));
+                    return Err(ConfigError::new(
+                        "CIO_SITE_ID",
+                        "is required when RETURN_PASSWORD_FIELD is set",
+                    ));
                 }
                 if track_api_key.is_none() {
-                    return Err(invalid(
+                    return Err(ConfigError::new(
                         "CIO_TRACK_API_KEY",
                         "is required when RETURN_PASSWORD_FIELD is set",
                     ));
@@ -329,22 +322,22 @@ impl Settings {
                 from: args
                     .mail_from
                     .clone()
-                    .ok_or_else(|| invalid("MAIL_FROM", "is required but not set"))?,
+                    .ok_or_else(|| ConfigError::new("MAIL_FROM", "is required but not set"))?,
                 login_url: args
                     .login_url
                     .clone()
-                    .ok_or_else(|| invalid("LOGIN_URL", "is required but not set"))?,
+                    .ok_or_else(|| ConfigError::new("LOGIN_URL", "is required but not set"))?,
                 templates: Templates::load(args.mail_subject.clone(), args.mail_template_file.as_deref())?,
             }),
         };
         let field_map = match &args.field_map_file {
             None => FieldMap::default(),
-            Some(path) => FieldMap::load(path).map_err(|p| invalid("FIELD_MAP_FILE", p))?,
+            Some(path) => FieldMap::load(path).map_err(|p| ConfigError::new("FIELD_MAP_FILE", p))?,
         };
         if let Some(pr) = &password_return {
             field_map
                 .check_password_field(&pr.field)
-                .map_err(|p| invalid("FIELD_MAP_FILE", p))?;
+                .map_err(|p| ConfigError::new("FIELD_MAP_FILE", p))?;
         }
         Ok(Self {
             database_url: args.database.url()?,

@@ -32,18 +32,11 @@ pub struct ConsoleSettings {
     pub log_format: String,
 }
 
-fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
-}
-
 /// Parses `CONSOLE_TOKENS`: comma-separated tokens, each optionally `label:token`.
 pub fn parse_tokens(items: &[String]) -> Result<Vec<OperatorToken>, ConfigError> {
     const VAR: &str = "CONSOLE_TOKENS";
     if items.is_empty() {
-        return Err(invalid(
+        return Err(ConfigError::new(
             VAR,
             "is required: the console refuses to start without operator tokens",
         ));
@@ -60,19 +53,22 @@ pub fn parse_tokens(items: &[String]) -> Result<Vec<OperatorToken>, ConfigError>
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '));
         if !label_ok {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 VAR,
                 format!("item {}: a label may use letters, digits, '-', '_' and '.'", i + 1),
             ));
         }
         if token.chars().count() < MIN_TOKEN_LEN {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 VAR,
                 format!("item {}: a token must be at least {MIN_TOKEN_LEN} characters", i + 1),
             ));
         }
         if seen.contains(&token) {
-            return Err(invalid(VAR, format!("item {}: the same token is listed twice", i + 1)));
+            return Err(ConfigError::new(
+                VAR,
+                format!("item {}: the same token is listed twice", i + 1),
+            ));
         }
         seen.push(token);
         out.push(OperatorToken {
