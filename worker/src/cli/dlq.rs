@@ -11,47 +11,28 @@ use std::{
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{amqp, fail, print_json, DlqCmd, Output};
+use super::{amqp, fail, print_json, DlqCmd, DlqNarrow, Output};
 use crate::dlq::{self, DeadLetter, Dlq, Filter};
 
 pub async fn run(cmd: DlqCmd) -> anyhow::Result<i32> {
     let q = Dlq::open(&amqp()).await?;
     let code = match cmd {
-        DlqCmd::List {
-            limit,
-            action,
-            since,
-            output,
-        } => {
-            let filter = Filter {
-                all: true,
-                action,
-                since: since.map(|s| dlq::parse_since(&s).unwrap_or_else(|e| fail(e))),
-                ..Default::default()
-            };
-            list(&q, &filter, limit, output).await
-        }
+        DlqCmd::List { limit, narrow, output } => list(&q, &filter(Vec::new(), true, narrow), limit, output).await,
         DlqCmd::Show { event_id, output } => show(&q, &event_id, output).await,
-        DlqCmd::Replay {
-            ids,
-            all,
-            action,
-            since,
-        } => {
+        DlqCmd::Replay { ids, all, narrow } => {
             if ids.is_empty() && !all {
                 fail("name event ids, or --all (optionally with --action and --since)");
             }
-            replay(&q, &filter(ids, all, action, since)).await
+            replay(&q, &filter(ids, all, narrow)).await
         }
         DlqCmd::Purge {
             ids,
             all,
-            action,
-            since,
+            narrow,
             yes,
             to,
         } => {
-            let filters = action.is_some() || since.is_some();
+            let filters = narrow.action.is_some() || narrow.since.is_some();
             if ids.is_empty() && !all && !filters {
                 fail("name event ids, filters (--action, --since), or --all");
             }
@@ -59,7 +40,7 @@ pub async fn run(cmd: DlqCmd) -> anyhow::Result<i32> {
                 fail("--all deletes every dead letter for good; add --yes to confirm");
             }
             // Filters without ids select among every dead letter.
-            let f = filter(ids.clone(), all || (ids.is_empty() && filters), action, since);
+            let f = filter(ids.clone(), all || (ids.is_empty() && filters), narrow);
             if yes {
                 let to = to.unwrap_or_else(|| {
                     PathBuf::from(format!("dlq-purge-{}.jsonl", Utc::now().format("%Y%m%dT%H%M%SZ")))
@@ -76,12 +57,12 @@ pub async fn run(cmd: DlqCmd) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-fn filter(ids: Vec<String>, all: bool, action: Option<String>, since: Option<String>) -> Filter {
+fn filter(ids: Vec<String>, all: bool, narrow: DlqNarrow) -> Filter {
     Filter {
         ids,
         all,
-        action,
-        since: since.map(|s| dlq::parse_since(&s).unwrap_or_else(|e| fail(e))),
+        action: narrow.action,
+        since: narrow.since.map(|s| dlq::parse_since(&s).unwrap_or_else(|e| fail(e))),
     }
 }
 

@@ -99,6 +99,17 @@ pub enum Cmd {
     Console(ConsoleArgs),
 }
 
+/// What narrows the dead letters a `dlq` command lists, replays or purges.
+#[derive(clap::Args, Debug)]
+pub struct DlqNarrow {
+    /// Only those of this action.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DlqCmd {
     /// Dead letters in queue order: event id, action, contact, attempts, age, last error.
@@ -106,11 +117,8 @@ pub enum DlqCmd {
         /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        action: Option<String>,
-        /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        narrow: DlqNarrow,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -127,11 +135,8 @@ pub enum DlqCmd {
         /// Replay every dead letter (narrowed by --action and --since).
         #[arg(long)]
         all: bool,
-        #[arg(long)]
-        action: Option<String>,
-        /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        narrow: DlqNarrow,
     },
     /// Delete dead letters for good, after saving each to a JSON-lines file.
     ///
@@ -142,11 +147,8 @@ pub enum DlqCmd {
         /// Every dead letter (narrowed by --action and --since); needs --yes.
         #[arg(long)]
         all: bool,
-        #[arg(long)]
-        action: Option<String>,
-        /// Only those that failed since this time (RFC 3339) or age (30m, 6h, 2d).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        narrow: DlqNarrow,
         /// Delete (otherwise only list what would be deleted).
         #[arg(long)]
         yes: bool,
