@@ -50,6 +50,21 @@ fn ids(rows: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The dead-letter queue's length once every letter a command gave back is ready again: the broker
+/// requeues them asynchronously, after the command's connection has closed. Bounded: returns what
+/// it last saw after 10 s.
+async fn dead_len(env: &TestEnv, want: u32) -> u32 {
+    let q = env.names().dead_queue();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = env.queue_len(&q).await;
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn events_list_filters_newest_first_and_prints_json_lines() {
     let env = TestEnv::new().await;
@@ -100,15 +115,14 @@ async fn dlq_list_shows_exactly_the_limit_and_leaves_the_queue_whole() {
     let emails: Vec<String> = (0..7).map(|i| format!("dead{i}@example.com")).collect();
     let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
     let published = publish_dead_letters(&env, &refs, "gave up after 3 attempts: boom").await;
-    let dlq = env.names().dead_queue();
-    assert_eq!(env.queue_len(&dlq).await, 7);
+    assert_eq!(dead_len(&env, 7).await, 7);
 
     let page = json_lines(&env, &["dlq", "list", "--limit", "3"]);
     assert_eq!(ids(&page), published[..3], "the head of the queue, in order");
     assert_eq!(page[0]["contact"], "dead0@example.com");
     assert_eq!(page[0]["attempts"], 3);
     assert_eq!(page[0]["command"]["event_id"], published[0]);
-    assert_eq!(env.queue_len(&dlq).await, 7, "listing removes nothing");
+    assert_eq!(dead_len(&env, 7).await, 7, "listing removes nothing");
 
     let (code, text) = worker_cmd(&env, &["dlq", "list", "--limit", "3"]);
     assert_eq!(code, 0, "{text}");
@@ -122,7 +136,7 @@ async fn dlq_list_shows_exactly_the_limit_and_leaves_the_queue_whole() {
     assert!(none.is_empty(), "{none:?}");
     let shown = json_lines(&env, &["dlq", "show", &published[4]]);
     assert_eq!(ids(&shown), [published[4].clone()]);
-    assert_eq!(env.queue_len(&dlq).await, 7);
+    assert_eq!(dead_len(&env, 7).await, 7);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +148,6 @@ async fn dlq_purge_saves_the_letters_to_a_file_before_removing_them() {
         "boom",
     )
     .await;
-    let dlq = env.names().dead_queue();
     let dir = std::env::temp_dir().join(format!("purge-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -147,7 +160,7 @@ async fn dlq_purge_saves_the_letters_to_a_file_before_removing_them() {
         out.contains(&published[1]) && out.contains("1 dead letter(s) would be deleted; nothing was deleted"),
         "{out}"
     );
-    assert_eq!(env.queue_len(&dlq).await, 4, "nothing is deleted without --yes");
+    assert_eq!(dead_len(&env, 4).await, 4, "nothing is deleted without --yes");
 
     let one = dir.join("one.jsonl");
     let (code, out) = worker_cmd(
@@ -164,7 +177,7 @@ async fn dlq_purge_saves_the_letters_to_a_file_before_removing_them() {
     assert_eq!(ids(&saved), [published[1].clone()]);
     assert_eq!(saved[0]["error"], "boom");
     assert_eq!(saved[0]["command"]["contact"]["email"], "p1@example.com");
-    assert_eq!(env.queue_len(&dlq).await, 3);
+    assert_eq!(dead_len(&env, 3).await, 3);
 
     let rest = dir.join("rest.jsonl");
     let (code, out) = worker_cmd(
@@ -181,6 +194,6 @@ async fn dlq_purge_saves_the_letters_to_a_file_before_removing_them() {
         ids(&saved),
         [published[0].clone(), published[2].clone(), published[3].clone()]
     );
-    assert_eq!(env.queue_len(&dlq).await, 0);
+    assert_eq!(dead_len(&env, 0).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
