@@ -21,4 +21,5 @@ mod retention;
 mod simulator;
 mod snapshot;
 mod throughput;
+mod tls;
 mod trust;
