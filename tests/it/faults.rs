@@ -10,7 +10,7 @@ use lapin::{
 };
 use serde_json::json;
 use shared::headers;
-use sqlx::Connection;
+use sqlx::{AssertSqlSafe, Connection};
 use testkit::{
     env::{pg_server, ACCESS_KEY, SECRETS_KEY},
     procs::{worker_cmd, worker_env, Proc},
@@ -360,7 +360,7 @@ async fn a_database_outage_is_retried_later_and_readiness_says_so() {
         .await
         .unwrap();
     let db = env.db_name.clone();
-    sqlx::query(&format!("alter database {db} allow_connections false"))
+    sqlx::query(AssertSqlSafe(format!("alter database {db} allow_connections false")))
         .execute(&mut admin)
         .await
         .unwrap();
@@ -391,7 +391,7 @@ async fn a_database_outage_is_retried_later_and_readiness_says_so() {
         },
     )
     .await;
-    sqlx::query(&format!("alter database {db} allow_connections true"))
+    sqlx::query(AssertSqlSafe(format!("alter database {db} allow_connections true")))
         .execute(&mut admin)
         .await
         .unwrap();

@@ -159,7 +159,7 @@ async fn dump(env: &TestEnv) -> String {
         "event_log",
         "outbox",
     ] {
-        let lines: Vec<String> = sqlx::query_scalar(&format!("select t::text from {t} t"))
+        let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select t::text from {t} t")))
             .fetch_all(&env.pool)
             .await
             .unwrap();

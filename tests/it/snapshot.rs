@@ -72,18 +72,17 @@ fn membership_calls(env: &TestEnv) -> usize {
         .count()
 }
 
-async fn count(env: &TestEnv, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
-}
-
 /// (complete, writing, too_large) snapshots, member rows, leases.
 async fn tables(env: &TestEnv) -> (i64, i64, i64, i64, i64) {
     (
-        count(env, "select count(*) from segment_snapshots where state = 'complete'").await,
-        count(env, "select count(*) from segment_snapshots where state = 'writing'").await,
-        count(env, "select count(*) from segment_snapshots where state = 'too_large'").await,
-        count(env, "select count(*) from segment_snapshot_members").await,
-        count(env, "select count(*) from snapshot_leases").await,
+        env.count("select count(*) from segment_snapshots where state = 'complete'")
+            .await,
+        env.count("select count(*) from segment_snapshots where state = 'writing'")
+            .await,
+        env.count("select count(*) from segment_snapshots where state = 'too_large'")
+            .await,
+        env.count("select count(*) from segment_snapshot_members").await,
+        env.count("select count(*) from snapshot_leases").await,
     )
 }
 
@@ -180,7 +179,7 @@ async fn a_holder_that_renews_its_lease_keeps_the_others_waiting_past_its_length
     testkit::wait_until(
         "the first worker to hold the lease",
         Duration::from_secs(10),
-        || async { (count(&env, "select count(*) from snapshot_leases").await == 1).then_some(()) },
+        || async { (env.count("select count(*) from snapshot_leases").await == 1).then_some(()) },
     )
     .await;
     let waited = std::time::Instant::now();
@@ -306,18 +305,20 @@ async fn the_batched_path_names_the_segments_it_read_from_a_snapshot() {
     for id in &ids {
         assert_eq!(env.wait_final(id).await, "succeeded");
     }
-    assert!(count(&env, "select count(*) from segment_snapshots where state = 'complete'").await >= 1);
+    assert!(
+        env.count("select count(*) from segment_snapshots where state = 'complete'")
+            .await
+            >= 1
+    );
     let names = ["VIP", "Trial", "Newsletter"];
     for (i, id) in ids.iter().enumerate() {
         let log = env.event_log(id).await;
         let want = format!("Loaded segment(s): {}", names[i % 3]);
         assert!(log.iter().any(|l| l.starts_with(&want)), "{want} in {log:?}");
     }
-    let segments = count(
-        &env,
-        "select count(*) from user_segments s join users u on u.id = s.user_id where u.email like 'member%'",
-    )
-    .await;
+    let segments = env
+        .count("select count(*) from user_segments s join users u on u.id = s.user_id where u.email like 'member%'")
+        .await;
     assert_eq!(segments, 30);
 }
 
@@ -343,7 +344,7 @@ async fn a_batch_too_small_for_a_snapshot_uses_the_one_being_taken() {
     testkit::wait_until(
         "the other worker to hold the lease",
         Duration::from_secs(10),
-        || async { (count(&env, "select count(*) from snapshot_leases").await == 1).then_some(()) },
+        || async { (env.count("select count(*) from snapshot_leases").await == 1).then_some(()) },
     )
     .await;
     let got = b

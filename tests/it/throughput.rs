@@ -28,10 +28,6 @@ fn request_lines(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
-async fn count(env: &TestEnv, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_updates_for_ten_contacts_cost_at_most_thirty_syncs() {
     let mut env = TestEnv::new().await;
@@ -55,16 +51,12 @@ async fn a_thousand_updates_for_ten_contacts_cost_at_most_thirty_syncs() {
     for id in &ids {
         assert_eq!(env.wait_final(id).await, "succeeded", "{id}");
     }
-    let syncs = count(
-        &env,
-        "select count(*) from event_log where message like 'Loaded meta data%'",
-    )
-    .await;
-    let coalesced = count(
-        &env,
-        "select count(*) from event_log where message like 'Already done by event%'",
-    )
-    .await;
+    let syncs = env
+        .count("select count(*) from event_log where message like 'Loaded meta data%'")
+        .await;
+    let coalesced = env
+        .count("select count(*) from event_log where message like 'Already done by event%'")
+        .await;
     assert!(syncs <= 30, "{syncs} syncs for 1,000 webhooks of 10 contacts");
     assert_eq!(
         syncs + coalesced,

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
 use shared::{config::AmqpSettings, topology::Names};
-use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
+use sqlx::{postgres::PgPoolOptions, AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +55,11 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// The one number a statement such as `select count(*) from …` returns.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
     /// A new environment with the simulator at its default (10 req/s) limit.
     pub async fn new() -> Self {
         Self::with_sim(SimConfig::default()).await
@@ -68,7 +73,7 @@ impl TestEnv {
         let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
             .expect("Postgres must run at 127.0.0.1:5432 (set TEST_PG_SERVER otherwise)");
-        sqlx::query(&format!("create database {db_name}"))
+        sqlx::query(AssertSqlSafe(format!("create database {db_name}")))
             .execute(&mut admin)
             .await
             .expect("create test database");
@@ -332,7 +337,7 @@ impl Drop for TestEnv {
                     let _ = conn.close(200, "bye".into()).await;
                 }
                 if let Ok(mut admin) = PgConnection::connect(&format!("{server}/postgres")).await {
-                    let _ = sqlx::query(&format!("drop database if exists {db} with (force)"))
+                    let _ = sqlx::query(AssertSqlSafe(format!("drop database if exists {db} with (force)")))
                         .execute(&mut admin)
                         .await;
                 }

@@ -25,7 +25,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use rand::Rng;
+use rand::RngExt;
 use secrecy::ExposeSecret;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -110,7 +110,7 @@ pub enum Delivery {
 /// Backoff before attempt `n + 1`: 2^n seconds (capped at 30 min) with ±25 % jitter.
 pub fn backoff(attempts: i32) -> Duration {
     let base = 2f64.powi(attempts.clamp(0, 11)).min(1800.0);
-    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    let jitter = rand::rng().random_range(0.75..1.25);
     Duration::from_secs_f64(base * jitter)
 }
 

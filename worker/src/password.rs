@@ -20,7 +20,7 @@ use argon2::{
     password_hash::{rand_core::OsRng, PasswordHasher, SaltString},
     Algorithm, Argon2, Params, Version,
 };
-use rand::{distributions::Alphanumeric, Rng};
+use rand::{distr::Alphanumeric, rand_core::UnwrapErr, rngs::SysRng, RngExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
@@ -47,8 +47,8 @@ pub struct Prepared {
 
 /// A password of `len` characters from [A-Za-z0-9], drawn from the OS CSPRNG.
 pub fn generate(len: usize) -> SecretString {
-    let s: String = rand::rngs::OsRng
-        .sample_iter(&Alphanumeric)
+    let s: String = UnwrapErr(SysRng)
+        .sample_iter(Alphanumeric)
         .take(len)
         .map(char::from)
         .collect();

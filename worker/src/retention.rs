@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::sync::ledger::EventStatus;
@@ -92,7 +92,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
           limit $3"
     ));
     (out.events, out.log_lines) = in_batches(|| async {
-        let (events, lines): (i64, i64) = sqlx::query_as(&sql)
+        let (events, lines): (i64, i64) = sqlx::query_as(AssertSqlSafe(sql.as_str()))
             .bind(cutoff)
             .bind(&finals)
             .bind(BATCH)
@@ -116,10 +116,10 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
         Ok((n, 0))
     })
     .await?;
-    out.kept_for_outbox = sqlx::query_scalar::<_, i64>(&format!(
+    out.kept_for_outbox = sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
         "select count(*) from webhook_events w
           where w.finished_at < $1 and w.status = any($2) and not ({NO_PENDING_OUTBOX})"
-    ))
+    )))
     .bind(cutoff)
     .bind(&finals)
     .fetch_one(pool)
@@ -139,7 +139,7 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<Erased, sqlx::Error> {
           limit $3"
     ));
     (out.events, out.log_lines) = in_batches(|| async {
-        let (events, lines): (i64, i64) = sqlx::query_as(&sql)
+        let (events, lines): (i64, i64) = sqlx::query_as(AssertSqlSafe(sql.as_str()))
             .bind(email)
             .bind(&in_flight[..])
             .bind(BATCH)
@@ -165,11 +165,11 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<Erased, sqlx::Error> {
         Ok((n, 0))
     })
     .await?;
-    let (pending, flying): (i64, i64) = sqlx::query_as(&format!(
+    let (pending, flying): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
         "select count(*) filter (where not ({NO_PENDING_OUTBOX})),
                 count(*) filter (where w.status = any($2))
            from webhook_events w where fold_email(w.email) = fold_email($1)"
-    ))
+    )))
     .bind(email)
     .bind(&in_flight[..])
     .fetch_one(pool)

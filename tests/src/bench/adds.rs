@@ -9,7 +9,7 @@ use std::{
 
 use shared::{command::Action, publisher::Publisher};
 
-use super::{calls_by_endpoint, count, drain, load, start_workers, stop, world, Options, Report};
+use super::{calls_by_endpoint, drain, load, start_workers, stop, world, Options, Report};
 use crate::{env::SECRETS_KEY, sim::SimConfig, TestEnv};
 
 /// New users/s the burst must reach.
@@ -43,11 +43,9 @@ pub async fn run(o: &Options, r: &mut Report) {
     let secs = (done - started).as_secs_f64();
     // The password returns are delivered by the outbox after the commit.
     let returned = crate::wait_for("every password return to be sent", Duration::from_secs(300), || async {
-        let sent = count(
-            &env,
-            "select count(*) from outbox where kind = 'password_return' and status = 'sent'",
-        )
-        .await;
+        let sent = env
+            .count("select count(*) from outbox where kind = 'password_return' and status = 'sent'")
+            .await;
         if sent >= n as i64 {
             Ok(Instant::now())
         } else {
@@ -55,8 +53,8 @@ pub async fn run(o: &Options, r: &mut Report) {
         }
     })
     .await;
-    let users = count(&env, "select count(*) from users").await;
-    let distinct = count(&env, "select count(distinct lower(email)) from users").await;
+    let users = env.count("select count(*) from users").await;
+    let distinct = env.count("select count(distinct lower(email)) from users").await;
     let created = world::succeeded(&env).await;
     let rate = users as f64 / secs;
 

@@ -161,16 +161,9 @@ fn stop(procs: Vec<Proc>) {
     }
 }
 
-async fn count(env: &TestEnv, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
-}
-
 async fn finished(env: &TestEnv) -> i64 {
-    count(
-        env,
-        "select count(*) from webhook_events where status not in ('processing', 'retrying')",
-    )
-    .await
+    env.count("select count(*) from webhook_events where status not in ('processing', 'retrying')")
+        .await
 }
 
 /// Waits (bounded) until `n` events finished; returns when the last one did.

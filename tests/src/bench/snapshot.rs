@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shared::{command::Action, publisher::Publisher};
 
-use super::{calls_by_endpoint, count, drain, load, start_workers, stop, world, Options, Report};
+use super::{calls_by_endpoint, drain, load, start_workers, stop, world, Options, Report};
 use crate::{sim::SimConfig, TestEnv};
 
 pub async fn run(o: &Options, r: &mut Report) {
@@ -52,14 +52,14 @@ pub async fn run(o: &Options, r: &mut Report) {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    let bytes = count(&env, "select pg_total_relation_size('segment_snapshot_members')").await;
-    let rows = count(&env, "select count(*) from segment_snapshot_members").await;
-    let segments_written = count(&env, "select count(*) from user_segments").await;
-    let unknown = count(
-        &env,
-        "select count(*) from event_log where message like '%Unknown Segment%'",
-    )
-    .await;
+    let bytes = env
+        .count("select pg_total_relation_size('segment_snapshot_members')")
+        .await;
+    let rows = env.count("select count(*) from segment_snapshot_members").await;
+    let segments_written = env.count("select count(*) from user_segments").await;
+    let unknown = env
+        .count("select count(*) from event_log where message like '%Unknown Segment%'")
+        .await;
     let ok = world::succeeded(&env).await;
     r.line(format!(
         "worker, snapshot of a large workspace: {people} people, {} memberships in {} segments (simulator seeded in {:.1} s); {updates} update commands with 2 workers, SNAPSHOT_MAX_MEMBERS={limit}: drained in {secs:.1} s ({ok} succeeded)",

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::{fail, pool, print_json, EventsCmd, Output};
@@ -74,7 +75,7 @@ async fn list(
     output: Output,
 ) -> anyhow::Result<i32> {
     let pool = pool().await;
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+    let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
         "select {COLUMNS} from webhook_events
           where ($1::text is null or fold_email(email) = fold_email($1))
             and ($2::text is null or status = $2)
@@ -82,7 +83,7 @@ async fn list(
             and ($4::timestamptz is null or received_at >= $4)
           order by received_at desc, event_id desc
           limit $5"
-    ))
+    )))
     .bind(&email)
     .bind(&status)
     .bind(&action)
@@ -123,10 +124,12 @@ async fn list(
 
 async fn show(event_id: Uuid, output: Output) -> anyhow::Result<i32> {
     let pool = pool().await;
-    let ev: Option<EventRow> = sqlx::query_as(&format!("select {COLUMNS} from webhook_events where event_id = $1"))
-        .bind(event_id)
-        .fetch_optional(&pool)
-        .await?;
+    let ev: Option<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "select {COLUMNS} from webhook_events where event_id = $1"
+    )))
+    .bind(event_id)
+    .fetch_optional(&pool)
+    .await?;
     let Some(ev) = ev else {
         eprintln!("no event {event_id} (the worker records an event when it first processes it)");
         return Ok(1);

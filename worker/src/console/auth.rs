@@ -25,7 +25,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use rand::RngCore;
+use rand::{rand_core::UnwrapErr, rngs::SysRng, Rng};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -71,7 +71,7 @@ fn digest(s: &str) -> [u8; 32] {
 /// 32 random bytes from the OS generator, URL-safe base64.
 pub fn random_id() -> String {
     let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
+    UnwrapErr(SysRng).fill_bytes(&mut b);
     URL_SAFE_NO_PAD.encode(b)
 }
 

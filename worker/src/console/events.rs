@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{outbox::OutboxRow, ConsoleError};
@@ -160,7 +160,7 @@ pub struct EventsPage {
 }
 
 /// Adds the filters (all but the status when `with_status` is false) to a `where true` query.
-fn push_filters(q: &mut QueryBuilder<'_, Postgres>, f: &EventFilters, with_status: bool) {
+fn push_filters(q: &mut QueryBuilder<Postgres>, f: &EventFilters, with_status: bool) {
     if let Some(e) = &f.email {
         q.push(" and lower(email) = lower(").push_bind(e.clone()).push(")");
     }
@@ -263,9 +263,9 @@ pub async fn detail(pool: &PgPool, id: &str) -> Result<EventDetail, ConsoleError
     let id: Uuid = id
         .parse()
         .map_err(|_| ConsoleError::BadRequest("an event id is a UUID".into()))?;
-    let event: EventRow = sqlx::query_as(&format!(
+    let event: EventRow = sqlx::query_as(AssertSqlSafe(format!(
         "select {EVENT_COLUMNS} from webhook_events where event_id = $1"
-    ))
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await?
@@ -285,7 +285,7 @@ pub async fn detail(pool: &PgPool, id: &str) -> Result<EventDetail, ConsoleError
         .await?;
     let user = match event.user_id {
         Some(u) => {
-            sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
+            sqlx::query_as(AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
                 .bind(u)
                 .fetch_optional(pool)
                 .await?
@@ -320,7 +320,7 @@ pub struct UserDetail {
 }
 
 pub async fn user(pool: &PgPool, id: i64) -> Result<UserDetail, ConsoleError> {
-    let user: UserRow = sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
+    let user: UserRow = sqlx::query_as(AssertSqlSafe(format!("select {USER_COLUMNS} from users where id = $1")))
         .bind(id)
         .fetch_optional(pool)
         .await?
@@ -336,10 +336,10 @@ pub async fn user(pool: &PgPool, id: i64) -> Result<UserDetail, ConsoleError> {
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let events = sqlx::query_as(&format!(
+    let events = sqlx::query_as(AssertSqlSafe(format!(
         "select {EVENT_COLUMNS} from webhook_events where user_id = $1 or lower(email) = lower($2)
          order by received_at desc, event_id desc limit $3"
-    ))
+    )))
     .bind(id)
     .bind(&user.email)
     .bind(PAGE)

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::ConsoleError;
@@ -113,12 +113,12 @@ pub async fn list(pool: &PgPool, query: &OutboxQuery) -> Result<OutboxPage, Cons
 
 /// The outbox rows of one event.
 pub async fn for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<OutboxRow>, ConsoleError> {
-    Ok(
-        sqlx::query_as(&format!("select {COLUMNS} from outbox where event_id = $1 order by id"))
-            .bind(event_id)
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "select {COLUMNS} from outbox where event_id = $1 order by id"
+    )))
+    .bind(event_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// What retrying a row did.

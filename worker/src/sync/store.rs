@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{cio::types::Segment, outbox::OutboxKind};
@@ -62,7 +62,7 @@ pub async fn find_users(
          ) u",
         if lock { "for update of u" } else { "" }
     );
-    let rows: Vec<Found> = sqlx::query_as(&sql)
+    let rows: Vec<Found> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
         .bind(lookups.iter().map(|l| l.cio_id.clone()).collect::<Vec<_>>())
         .bind(
             lookups

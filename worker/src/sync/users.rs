@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use rand::Rng;
+use rand::RngExt;
 use shared::command::SyncV1;
 use sqlx::PgConnection;
 
@@ -173,7 +173,7 @@ async fn choose_username(
         return Ok(Ok(email.to_string()));
     }
     for digits in [999u32, 999, 999, 9_999, 99_999, 999_999, 9_999_999] {
-        let candidate = format!("{email}{}", rand::thread_rng().gen_range(1..=digits));
+        let candidate = format!("{email}{}", rand::rng().random_range(1..=digits));
         let lowered = candidate.to_lowercase();
         if !facts.taken_usernames.contains_key(&lowered)
             && store::taken_usernames(conn, std::slice::from_ref(&candidate))
