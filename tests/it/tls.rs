@@ -1,8 +1,9 @@
-//! TLS: every client of the service (AMQP, the Customer.io HTTP APIs, SMTP) uses rustls with one
-//! crypto provider and the operating system's certificate store, which operators extend with a
-//! private CA through `SSL_CERT_FILE`. `worker check` and `ingress check` reach the broker, the
-//! simulator and an SMTP sink through TLS-terminating proxies whose certificate a test CA signed:
-//! with that CA in `SSL_CERT_FILE` every check passes; with another CA there, every TLS check fails.
+//! TLS: every client of the service (AMQP, PostgreSQL, the Customer.io HTTP APIs, SMTP) uses rustls
+//! with one crypto provider and the operating system's certificate store, which operators extend
+//! with a private CA through `SSL_CERT_FILE`. `worker check` and `ingress check` reach the broker,
+//! the simulator and an SMTP sink through TLS-terminating proxies whose certificate a test CA
+//! signed, and PostgreSQL with `sslmode=verify-full`: with that CA and the database server's
+//! certificate in `SSL_CERT_FILE` every check passes; with another CA there, every one fails.
 
 use std::{path::Path, sync::Arc};
 
@@ -168,12 +169,29 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     let https = TlsProxy::start(&ca, sim_addr).await;
     let smtps = TlsProxy::start(&ca, smtp_addr).await;
 
+    // The local server's own certificate (Debian's snakeoil one, for `localhost`) is its own root.
+    let (ssl, cert_file, data_dir): (String, String, String) = sqlx::query_as(
+        "select current_setting('ssl'), current_setting('ssl_cert_file'), current_setting('data_directory')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(ssl, "on", "this test needs PostgreSQL with ssl = on (Debian's default)");
+    let pg_cert =
+        std::fs::read_to_string(Path::new(&data_dir).join(&cert_file)).expect("read the server's certificate");
+    let db_url = format!(
+        "{}?sslmode=verify-full",
+        env.database_url.replacen("@127.0.0.1:", "@localhost:", 1)
+    );
+    assert!(db_url.contains("@localhost:"), "{db_url}");
+
     let dir = std::env::temp_dir().join(format!("cio-tls-{}", env.namespace));
     std::fs::create_dir_all(&dir).unwrap();
-    let trusted = write_pem(&dir, "trusted.pem", &ca.ca_pem);
+    let trusted = write_pem(&dir, "trusted.pem", &format!("{}{pg_cert}", ca.ca_pem));
     let stranger = write_pem(&dir, "stranger.pem", &test_ca("another CA").ca_pem);
     let tls_vars = |cert_file: &str| {
         vec![
+            ("DATABASE_URL", db_url.clone()),
             ("AMQP_URL", amqps_url(&plain_amqp, amqp.port)),
             ("CIO_APP_API_URL", format!("https://localhost:{}", https.port)),
             ("CIO_TRACK_API_URL", format!("https://localhost:{}", https.port)),
@@ -190,6 +208,8 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     assert_eq!(code, 0, "{out}");
     assert!(lines_starting(&out, "FAIL").is_empty(), "{out}");
     for want in [
+        "ok   database reachable",
+        "ok   migrations current",
         "ok   broker reachable",
         "ok   broker topology present",
         "ok   Customer.io App API: CIO_APP_API_KEY accepted",
@@ -215,12 +235,13 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok   commands queue present"), "{out}");
 
-    // Another CA in SSL_CERT_FILE: the broker, both APIs and SMTP refuse the certificate; the
-    // database (plain, local) still passes, so the failures are the certificate's.
+    // Another CA in SSL_CERT_FILE: the database, the broker, both APIs and SMTP refuse their
+    // certificates, and nothing reaches the simulator or the sink.
     let (code, out) = worker_cmd_with(&env, &["check"], &tls_vars(&stranger));
     assert_eq!(code, 1, "{out}");
     let fails = lines_starting(&out, "FAIL");
     for want in [
+        "FAIL database",
         "FAIL broker",
         "FAIL Customer.io App API",
         "FAIL Customer.io Track API",
@@ -228,7 +249,8 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     ] {
         assert!(fails.iter().any(|l| l.starts_with(want)), "no line {want:?} in:\n{out}");
     }
-    assert!(out.contains("ok   database reachable"), "{out}");
+    // Each failure names its cause: rustls's `CertificateError::UnknownIssuer`.
+    assert!(fails.iter().all(|l| l.contains("UnknownIssuer")), "{out}");
     assert_eq!(
         env.simh.count_status(200),
         2,

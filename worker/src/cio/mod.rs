@@ -249,8 +249,7 @@ impl CioClient {
             Err(e) => {
                 let status = if e.is_timeout() { "timeout" } else { "connection_error" };
                 metrics::counter!("cio_api_calls_total", "endpoint" => endpoint, "status" => status).increment(1);
-                // reqwest errors carry the URL, never headers; strip the URL anyway (it holds e-mails).
-                return Err(CioError::Unavailable(format!("{status}: {}", e.without_url())));
+                return Err(CioError::Unavailable(format!("{status}: {}", describe(e))));
             }
         };
         let status = resp.status();
@@ -264,7 +263,7 @@ impl CioClient {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| CioError::Unavailable(format!("reading the response: {}", e.without_url())))?;
+            .map_err(|e| CioError::Unavailable(format!("reading the response: {}", describe(e))))?;
         if status == StatusCode::OK || status == StatusCode::CREATED || status == StatusCode::NO_CONTENT {
             if bytes.is_empty() {
                 return serde_json::from_value(Value::Object(Default::default()))
@@ -276,6 +275,24 @@ impl CioClient {
             });
         }
         Err(CioError::from_status(status.as_u16(), retry_after, &bytes))
+    }
+}
+
+/// A transport error for logs and event lines: reqwest's words without the URL (it holds e-mail
+/// addresses; headers, and so keys, are never in it) and the innermost cause, which says what an
+/// operator can act on (a refused connection, a certificate the system store does not trust).
+fn describe(e: reqwest::Error) -> String {
+    let cause = {
+        let mut inner: &dyn std::error::Error = &e;
+        while let Some(next) = inner.source() {
+            inner = next;
+        }
+        (!std::ptr::addr_eq(inner, &e as &dyn std::error::Error)).then(|| inner.to_string())
+    };
+    let outer = e.without_url().to_string();
+    match cause {
+        Some(cause) if !outer.contains(&cause) => format!("{outer}: {cause}"),
+        _ => outer,
     }
 }
 
