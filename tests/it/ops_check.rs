@@ -2,16 +2,9 @@
 //! against the test environment (the simulator standing in for Customer.io).
 
 use testkit::{
-    procs::{bin_dir, ingress_env, worker_cmd, worker_cmd_with},
+    procs::{ingress_cmd, ingress_env, worker_cmd, worker_cmd_with},
     TestEnv,
 };
-
-/// Declares the namespace's topology, as the first ingress or worker to start does.
-async fn declare_topology(env: &TestEnv) {
-    let (conn, ch) = env.channel().await;
-    shared::topology::declare(&ch, &env.names()).await.unwrap();
-    let _ = conn.close(200, "bye".into()).await;
-}
 
 fn fail_lines(out: &str) -> Vec<&str> {
     out.lines().filter(|l| l.starts_with("FAIL")).collect()
@@ -20,7 +13,7 @@ fn fail_lines(out: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_passes_against_a_working_environment() {
     let env = TestEnv::new().await;
-    declare_topology(&env).await;
+    env.declare_topology().await;
     let (code, out) = worker_cmd(&env, &["check"]);
     assert_eq!(code, 0, "{out}");
     assert!(fail_lines(&out).is_empty(), "{out}");
@@ -43,14 +36,8 @@ async fn check_passes_against_a_working_environment() {
     );
 
     let (vars, _, _) = ingress_env("check-key-0123456789abcdef", &env.namespace);
-    let out = std::process::Command::new(bin_dir().join("ingress"))
-        .arg("check")
-        .env_clear()
-        .envs(vars)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = ingress_cmd(&["check"], &vars);
+    assert_eq!(code, 0, "{text}");
     assert!(text.contains("ok   commands queue present"), "{text}");
     assert!(!text.contains("check-key-0123456789abcdef"), "{text}");
 }
@@ -69,21 +56,15 @@ async fn check_fails_on_a_missing_topology_in_both_binaries() {
     );
 
     let (vars, _, _) = ingress_env("check-key-0123456789abcdef", &env.namespace);
-    let out = std::process::Command::new(bin_dir().join("ingress"))
-        .arg("check")
-        .env_clear()
-        .envs(vars)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = ingress_cmd(&["check"], &vars);
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("FAIL commands queue"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_fails_on_a_wrong_database_url_without_printing_the_password() {
     let env = TestEnv::new().await;
-    declare_topology(&env).await;
+    env.declare_topology().await;
     let url = "postgres://postgres:pg-pass-s3cret@127.0.0.1:5432/cio_no_such_database".to_string();
     let (code, out) = worker_cmd_with(&env, &["check"], &[("DATABASE_URL", url)]);
     assert_eq!(code, 1, "{out}");
@@ -100,7 +81,7 @@ async fn check_fails_on_a_wrong_database_url_without_printing_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_fails_on_a_refused_api_key_naming_the_setting_not_the_key() {
     let env = TestEnv::new().await;
-    declare_topology(&env).await;
+    env.declare_topology().await;
     let key = "wrong-app-key-4f9a2c".to_string();
     let (code, out) = worker_cmd_with(&env, &["check"], &[("CIO_APP_API_KEY", key.clone())]);
     assert_eq!(code, 1, "{out}");

@@ -9,7 +9,7 @@ use std::{path::Path, sync::Arc};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use testkit::{
-    procs::{bin_dir, ingress_env, worker_cmd_with},
+    procs::{ingress_cmd, ingress_env, worker_cmd_with},
     smtp::SmtpSink,
     TestEnv,
 };
@@ -123,21 +123,6 @@ fn broker_addr(plain: &str) -> String {
     }
 }
 
-fn ingress_check(vars: Vec<(&'static str, String)>) -> (i32, String) {
-    let out = std::process::Command::new(bin_dir().join("ingress"))
-        .arg("check")
-        .env_clear()
-        .envs(vars)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.starts_with(prefix)).collect()
 }
@@ -151,11 +136,7 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_client_trusts_the_system_store_and_only_it() {
     let env = TestEnv::new().await;
-    {
-        let (conn, ch) = env.channel().await;
-        shared::topology::declare(&ch, &env.names()).await.unwrap();
-        let _ = conn.close(200, "bye".into()).await;
-    }
+    env.declare_topology().await;
     let sink = SmtpSink::start().await;
     let ca = test_ca("cio-sync test CA");
     let plain_amqp = testkit::env::amqp_url();
@@ -231,7 +212,7 @@ async fn every_client_trusts_the_system_store_and_only_it() {
             .into_iter()
             .filter(|(k, _)| k.starts_with("AMQP") || k.starts_with("SSL")),
     );
-    let (code, out) = ingress_check(vars.clone());
+    let (code, out) = ingress_cmd(&["check"], &vars);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok   commands queue present"), "{out}");
 
@@ -263,7 +244,7 @@ async fn every_client_trusts_the_system_store_and_only_it() {
             *v = stranger.clone();
         }
     }
-    let (code, out) = ingress_check(vars);
+    let (code, out) = ingress_cmd(&["check"], &vars);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL broker"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);

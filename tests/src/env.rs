@@ -55,6 +55,13 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// Declares the namespace's topology, as the first ingress or worker to start does.
+    pub async fn declare_topology(&self) {
+        let (conn, ch) = self.channel().await;
+        shared::topology::declare(&ch, &self.names()).await.unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
     /// The one number a statement such as `select count(*) from …` returns.
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()

@@ -125,6 +125,23 @@ pub fn ingress_env(keys: &str, namespace: &str) -> (Vec<(&'static str, String)>,
     (vars, port, admin)
 }
 
+/// Runs `ingress <args>` (an operator command such as `check`) with exactly `vars`; returns
+/// (code, stdout+stderr).
+pub fn ingress_cmd(args: &[&str], vars: &[(&'static str, String)]) -> (i32, String) {
+    let out = Command::new(bin_dir().join("ingress"))
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .output()
+        .expect("run ingress");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// Runs `worker <args>` (an operator command) against a test environment; returns (code, stdout+stderr).
 pub fn worker_cmd(env: &crate::TestEnv, args: &[&str]) -> (i32, String) {
     worker_cmd_with(env, args, &[])
