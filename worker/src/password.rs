@@ -16,10 +16,7 @@
 
 use std::sync::Arc;
 
-use argon2::{
-    password_hash::{rand_core::OsRng, PasswordHasher, SaltString},
-    Algorithm, Argon2, Params, Version,
-};
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 use rand::{distr::Alphanumeric, rand_core::UnwrapErr, rngs::SysRng, RngExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
@@ -63,9 +60,9 @@ pub fn hash(password: &SecretString, origin: Origin) -> anyhow::Result<String> {
         Origin::FromCustomerIo => CHOSEN,
     };
     let params = Params::new(m, t, p, None).map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
-    let salt = SaltString::generate(&mut OsRng);
+    // A 16-byte random salt from the OS generator.
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .hash_password(password.expose_secret().as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
@@ -135,6 +132,22 @@ mod tests {
                 .verify_password(pw.expose_secret().as_bytes(), &parsed)
                 .is_ok());
             assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
+        }
+    }
+
+    #[test]
+    fn hashes_written_by_another_argon2_library_verify() {
+        // Written by argon2-cffi (Python) with both costs: stored hashes do not depend on the
+        // version of the argon2 crate that wrote them.
+        for phc in [
+            "$argon2id$v=19$m=19456,t=2,p=1$omv2SRVufw2ArDY1zma27Q$a1bvDeLqDKvoh9SBHqqyUn9/u9Gr9WegSc3zw59op6s",
+            "$argon2id$v=19$m=1024,t=1,p=1$DlxFV8sCnR2EWiZ2DlqL+g$AEYBVgHiKFcGxY/4UxJmSN9T+RUwZshmei+/v5yOrAA",
+        ] {
+            let parsed = PasswordHash::new(phc).unwrap();
+            assert!(Argon2::default()
+                .verify_password(b"correct horse battery staple", &parsed)
+                .is_ok());
+            assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_err());
         }
     }
 

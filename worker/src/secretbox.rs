@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use chacha20poly1305::{
-    aead::{Aead, AeadCore, KeyInit, OsRng},
+    aead::{Aead, Generate, KeyInit},
     XChaCha20Poly1305, XNonce,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -77,7 +77,7 @@ impl SecretBox {
 
     pub fn seal(&self, plaintext: &SecretString) -> Vec<u8> {
         let (id, cipher) = &self.keys[0];
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let nonce = XNonce::generate();
         let mut out = vec![VERSION, id.len() as u8];
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&nonce);
@@ -107,7 +107,7 @@ impl SecretBox {
         let (id, rest) = rest.split_at(len as usize);
         let (_, cipher) = self.keys.iter().find(|(k, _)| k.as_bytes() == id)?;
         let (nonce, ct) = rest.split_at(24);
-        cipher.decrypt(XNonce::from_slice(nonce), ct).ok()
+        cipher.decrypt(&XNonce::try_from(nonce).ok()?, ct).ok()
     }
 
     fn open_legacy(&self, sealed: &[u8]) -> Option<Vec<u8>> {
@@ -115,9 +115,8 @@ impl SecretBox {
             return None;
         }
         let (nonce, ct) = sealed.split_at(24);
-        self.keys
-            .iter()
-            .find_map(|(_, c)| c.decrypt(XNonce::from_slice(nonce), ct).ok())
+        let nonce = XNonce::try_from(nonce).ok()?;
+        self.keys.iter().find_map(|(_, c)| c.decrypt(&nonce, ct).ok())
     }
 }
 
@@ -173,7 +172,7 @@ mod tests {
     #[test]
     fn secrets_sealed_before_key_ids_still_open() {
         let c = cipher(KEY).unwrap();
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let nonce = XNonce::generate();
         let mut legacy = nonce.to_vec();
         legacy.extend(c.encrypt(&nonce, b"legacy".as_ref()).unwrap());
         let ring = SecretBox::ring(&format!("k2:{OTHER},old:{KEY}")).unwrap();
