@@ -187,10 +187,7 @@ fn is_placeholder(key: &str) -> bool {
 /// Parses `ACCESS_KEYS` items: `KEY` or `label:KEY` (the first `:` ends the label). Errors name the
 /// key by label or position, never by value.
 pub fn parse_access_keys(items: &[String]) -> Result<Vec<AccessKey>, ConfigError> {
-    let err = |problem: String| ConfigError {
-        var: "ACCESS_KEYS",
-        problem,
-    };
+    let err = |problem: String| ConfigError::new("ACCESS_KEYS", problem);
     if items.is_empty() {
         return Err(err(
             "is required but not set (comma-separated access keys, each optionally label:key)".into(),

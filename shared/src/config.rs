@@ -6,19 +6,20 @@
 //! it on one line and exit 2. Values are never echoed, so secrets cannot leak through an error
 //! message. A variable set to a blank value counts as unset.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 /// The one-line reason a binary refuses to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub var: &'static str,
+    /// The setting's variable name (a constant, or read from the clap command that refused it).
+    pub var: Cow<'static, str>,
     pub problem: String,
 }
 
 impl ConfigError {
-    pub fn new(var: &'static str, problem: impl Into<String>) -> Self {
+    pub fn new(var: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> Self {
         Self {
-            var,
+            var: var.into(),
             problem: problem.into(),
         }
     }
@@ -76,17 +77,14 @@ impl AmqpSettings {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
-            return Err(ConfigError {
-                var: "AMQP_NAMESPACE",
-                problem: "may only contain letters, digits, '_', '-' and '.'".into(),
-            });
+            return Err(ConfigError::new(
+                "AMQP_NAMESPACE",
+                "may only contain letters, digits, '_', '-' and '.'",
+            ));
         }
         let url = args.amqp_url;
         let nodes = crate::broker::parse_nodes(&url)
-            .map_err(|problem| ConfigError {
-                var: "AMQP_URL",
-                problem,
-            })?
+            .map_err(|problem| ConfigError::new("AMQP_URL", problem))?
             .len();
         let quorum_group_size = quorum_group_size(args.amqp_quorum_group_size, nodes);
         Ok(Self {
@@ -140,10 +138,10 @@ impl DatabaseArgs {
     pub fn url(self) -> Result<String> {
         let url = self.database_url;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError {
-                var: "DATABASE_URL",
-                problem: "must start with postgres:// or postgresql://".into(),
-            });
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
         }
         Ok(url)
     }
@@ -310,11 +308,7 @@ pub fn config_error(cmd: &clap::Command, e: &clap::Error) -> Option<ConfigError>
             _ => "is invalid".into(),
         },
     };
-    Some(ConfigError {
-        // Leaked once: the binary is about to stop, and ConfigError names static variables.
-        var: Box::leak(name.into_boxed_str()),
-        problem,
-    })
+    Some(ConfigError::new(name, problem))
 }
 
 /// Parses settings from the environment alone (no command-line arguments), as `bin` would.
@@ -323,10 +317,8 @@ pub fn parse_env<A: clap::Args + clap::FromArgMatches>(bin: &'static str) -> Res
     cmd.try_get_matches_from_mut([bin])
         .and_then(|m| A::from_arg_matches(&m))
         .map_err(|e| {
-            config_error(&cmd, &e).unwrap_or_else(|| ConfigError {
-                var: "environment",
-                problem: format!("cannot be read: {}", e.kind()),
-            })
+            config_error(&cmd, &e)
+                .unwrap_or_else(|| ConfigError::new("environment", format!("cannot be read: {}", e.kind())))
         })
 }
 
@@ -369,10 +361,7 @@ mod tests {
 
     #[test]
     fn config_error_names_the_variable_on_one_line() {
-        let e = ConfigError {
-            var: "ACCESS_KEYS",
-            problem: "is required but not set".into(),
-        };
+        let e = ConfigError::new("ACCESS_KEYS", "is required but not set");
         assert_eq!(
             e.to_string(),
             "configuration error: ACCESS_KEYS is required but not set"

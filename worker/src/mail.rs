@@ -38,10 +38,8 @@ impl Templates {
             t.subject = s;
         }
         if let Some(path) = template_file {
-            t.body = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                var: "MAIL_TEMPLATE_FILE",
-                problem: format!("cannot be read: {e}"),
-            })?;
+            t.body = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("MAIL_TEMPLATE_FILE", format!("cannot be read: {e}")))?;
         }
         Ok(t)
     }
@@ -101,16 +99,13 @@ pub struct Mailer {
 impl Mailer {
     pub fn new(s: &MailSettings) -> Result<Self, ConfigError> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.smtp_url)
-            .map_err(|_| ConfigError {
-                var: "SMTP_URL",
-                problem: "is not a valid smtp:// or smtps:// URL".into(),
-            })?
+            .map_err(|_| ConfigError::new("SMTP_URL", "is not a valid smtp:// or smtps:// URL"))?
             .timeout(Some(std::time::Duration::from_secs(15)))
             .build();
-        let from = s.from.parse().map_err(|_| ConfigError {
-            var: "MAIL_FROM",
-            problem: "is not a valid address".into(),
-        })?;
+        let from = s
+            .from
+            .parse()
+            .map_err(|_| ConfigError::new("MAIL_FROM", "is not a valid address"))?;
         Ok(Self {
             transport,
             from,
