@@ -5,7 +5,10 @@
 //! signed, and PostgreSQL with `sslmode=verify-full`: with that CA and the database server's
 //! certificate in `SSL_CERT_FILE` every check passes; with another CA there, every one fails.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use testkit::{
@@ -127,6 +130,15 @@ fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.starts_with(prefix)).collect()
 }
 
+/// A directory of the test's own, removed when the test ends, pass or fail.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, pem).unwrap();
@@ -166,10 +178,11 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     );
     assert!(db_url.contains("@localhost:"), "{db_url}");
 
-    let dir = std::env::temp_dir().join(format!("cio-tls-{}", env.namespace));
-    std::fs::create_dir_all(&dir).unwrap();
-    let trusted = write_pem(&dir, "trusted.pem", &format!("{}{pg_cert}", ca.ca_pem));
-    let stranger = write_pem(&dir, "stranger.pem", &test_ca("another CA").ca_pem);
+    let scratch = ScratchDir(std::env::temp_dir().join(format!("cio-tls-{}", env.namespace)));
+    let dir = &scratch.0;
+    std::fs::create_dir_all(dir).unwrap();
+    let trusted = write_pem(dir, "trusted.pem", &format!("{}{pg_cert}", ca.ca_pem));
+    let stranger = write_pem(dir, "stranger.pem", &test_ca("another CA").ca_pem);
     let tls_vars = |cert_file: &str| {
         vec![
             ("DATABASE_URL", db_url.clone()),
@@ -247,5 +260,4 @@ async fn every_client_trusts_the_system_store_and_only_it() {
     let (code, out) = ingress_cmd(&["check"], &vars);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL broker"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
