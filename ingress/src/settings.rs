@@ -91,10 +91,10 @@ pub struct IngressArgs {
     #[arg(long, env = "INGRESS_IDLE_TIMEOUT_SECS", default_value = "75", value_parser = config::positive_seconds)]
     pub ingress_idle_timeout_secs: Duration,
     /// Open connections on the public port
-    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value = "4096", value_parser = config::count)]
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value = "4096", value_parser = config::count::<usize>)]
     pub ingress_max_connections: usize,
     /// Webhooks waiting for the broker's confirm at once
-    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value = "1024", value_parser = config::count)]
+    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value = "1024", value_parser = config::count::<usize>)]
     pub ingress_max_in_flight: usize,
 }
 

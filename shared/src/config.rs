@@ -209,10 +209,13 @@ pub fn positive_seconds(v: &str) -> std::result::Result<Duration, String> {
     }
 }
 
-/// A count of at least 1.
-pub fn count(v: &str) -> std::result::Result<usize, String> {
-    match v.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+/// A count of at least 1 (`config::count::<u32>` for another integer type than `usize`).
+pub fn count<T>(v: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err("must be a whole number, at least 1".into()),
     }
 }
@@ -419,8 +422,8 @@ mod tests {
         assert!(positive_seconds("0").is_err());
         assert_eq!(seconds("0"), Ok(Duration::ZERO));
         assert!(seconds("-1").is_err());
-        assert!(count("0").is_err());
-        assert_eq!(count(" 3 "), Ok(3));
+        assert!(count::<usize>("0").is_err());
+        assert_eq!(count::<usize>(" 3 "), Ok(3));
         assert!(rate("0").is_err());
         assert!(socket_addr("nowhere").is_err());
         assert_eq!(split_list(" a, ,b ,"), vec!["a", "b"]);

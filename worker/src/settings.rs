@@ -101,7 +101,7 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_BATCH_WAIT_MS", default_value = "20", value_parser = milliseconds)]
     pub worker_batch_wait_ms: u64,
     /// Attempts of one command before it is dead-lettered (at least 1)
-    #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value = "10", value_parser = attempts)]
+    #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value = "10", value_parser = config::count::<u32>)]
     pub retry_max_attempts: u32,
     /// Segment memberships above which no membership snapshot is taken (0 = never snapshot)
     #[arg(long, env = "SNAPSHOT_MAX_MEMBERS", default_value_t = crate::sync::snapshot::DEFAULT_MAX_MEMBERS, value_parser = members)]
@@ -194,13 +194,6 @@ fn milliseconds(v: &str) -> Result<u64, String> {
         .map_err(|_| "must be a whole number of milliseconds".to_string())
 }
 
-fn attempts(v: &str) -> Result<u32, String> {
-    match v.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("must be a whole number, at least 1".into()),
-    }
-}
-
 fn members(v: &str) -> Result<usize, String> {
     v.trim()
         .parse()
@@ -245,17 +238,19 @@ fn flag(v: &str) -> Result<bool, String> {
 
 /// The keys sealing passwords until they are returned: `SECRETS_KEYS` (a ring of `id:key`, the
 /// first sealing), else `SECRETS_KEY` (one key).
+/// A secret setting's value, trimmed; `None` when unset or blank.
+fn present(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 fn secrets(args: &RunArgs) -> Result<SecretBox, ConfigError> {
-    let set = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    if let Some(ring) = set(&args.secrets_keys) {
+    if let Some(ring) = present(&args.secrets_keys) {
         return SecretBox::ring(&ring).map_err(|p| ConfigError::new("SECRETS_KEYS", p));
     }
-    match set(&args.secrets_key) {
+    match present(&args.secrets_key) {
         Some(key) => SecretBox::from_base64(&key).map_err(|p| ConfigError::new("SECRETS_KEY", p)),
         None => Err(ConfigError::new(
             "SECRETS_KEYS",
@@ -275,16 +270,10 @@ impl Settings {
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
         let (app_default, track_default) = CioSettings::region_urls(&args.cio_region)
             .ok_or_else(|| ConfigError::new("CIO_REGION", "must be us or eu"))?;
-        let secret = |v: &Option<String>| {
-            v.as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        };
-        let app_api_key = secret(&args.cio_app_api_key)
+        let app_api_key = present(&args.cio_app_api_key)
             .ok_or_else(|| ConfigError::new("CIO_APP_API_KEY", "is required but not set"))?;
         let site_id = args.cio_site_id.clone();
-        let track_api_key = secret(&args.cio_track_api_key).map(SecretString::from);
+        let track_api_key = present(&args.cio_track_api_key).map(SecretString::from);
         let cio = CioSettings {
             app_url: args.cio_app_api_url.clone().unwrap_or_else(|| app_default.into()),
             track_url: args.cio_track_api_url.clone().unwrap_or_else(|| track_default.into()),
@@ -396,7 +385,7 @@ mod tests {
         assert!(password_length("129").is_err());
         assert!(one_to_thousand("0").is_err());
         assert!(one_to_thousand("1001").is_err());
-        assert!(attempts("0").is_err());
+        assert!(config::count::<u32>("0").is_err());
         assert!(retention_days("36501").is_err());
         assert_eq!(retention_days("0"), Ok(0));
         assert!(http_url("api.customer.io").is_err());
