@@ -114,18 +114,6 @@ fn amqps_url(plain: &str, port: u16) -> String {
     format!("amqps://{auth}localhost:{port}{path}")
 }
 
-/// The broker's `host:port` from its URL.
-fn broker_addr(plain: &str) -> String {
-    let rest = plain.strip_prefix("amqp://").unwrap();
-    let after = rest.rsplit_once('@').map(|(_, a)| a).unwrap_or(rest);
-    let authority = after.split('/').next().unwrap();
-    if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:5672")
-    }
-}
-
 fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.starts_with(prefix)).collect()
 }
@@ -158,7 +146,9 @@ async fn every_client_trusts_the_system_store_and_only_it() {
         .trim_end_matches('/')
         .to_string();
     let smtp_addr = sink.url().trim_start_matches("smtp://").to_string();
-    let amqp = TlsProxy::start(&ca, broker_addr(&plain_amqp)).await;
+    // The broker's `host:port`, as the service reads it from its URL.
+    let broker = shared::broker::parse_nodes(&plain_amqp).unwrap()[0].label().to_string();
+    let amqp = TlsProxy::start(&ca, broker).await;
     let https = TlsProxy::start(&ca, sim_addr).await;
     let smtps = TlsProxy::start(&ca, smtp_addr).await;
 
