@@ -13,7 +13,7 @@ use testkit::{
 use uuid::Uuid;
 use worker::{
     cio::CioClient,
-    sync::snapshot::{SnapshotSettings, Snapshots},
+    sync::snapshot::{Snapshot, SnapshotSettings, Snapshots},
 };
 
 /// Segments 1 VIP, 2 Trial, 3 Newsletter holding 7 memberships of 5 people; returns the cio_ids
@@ -88,6 +88,27 @@ async fn tables(env: &TestEnv) -> (i64, i64, i64, i64, i64) {
 
 fn received() -> chrono::DateTime<Utc> {
     Utc::now() - chrono::Duration::seconds(1)
+}
+
+/// Another worker (`holder`) starts taking a snapshot; returns once it holds the lease, with the
+/// task that ends with its snapshot (and fails if taking it failed).
+async fn start_holding(
+    env: &TestEnv,
+    cio: &CioClient,
+    holder: Snapshots,
+    at: chrono::DateTime<Utc>,
+) -> tokio::task::JoinHandle<Option<Snapshot>> {
+    let task = tokio::spawn({
+        let (pool, cio) = (env.pool.clone(), cio.clone());
+        async move { holder.fresh(&pool, &cio, at).await.unwrap() }
+    });
+    testkit::wait_until(
+        "the other worker to hold the lease",
+        Duration::from_secs(10),
+        || async { (env.count("select count(*) from snapshot_leases").await == 1).then_some(()) },
+    )
+    .await;
+    task
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,20 +193,11 @@ async fn a_holder_that_renews_its_lease_keeps_the_others_waiting_past_its_length
         Snapshots::with_settings(settings(1000)),
     );
     let at = received();
-    let holder = tokio::spawn({
-        let (pool, cio) = (env.pool.clone(), cio.clone());
-        async move { a.fresh(&pool, &cio, at).await }
-    });
-    testkit::wait_until(
-        "the first worker to hold the lease",
-        Duration::from_secs(10),
-        || async { (env.count("select count(*) from snapshot_leases").await == 1).then_some(()) },
-    )
-    .await;
+    let holder = start_holding(&env, &cio, a, at).await;
     let waited = std::time::Instant::now();
     let got = b.fresh(&env.pool, &cio, at).await.unwrap().unwrap();
     let waited = waited.elapsed();
-    let taken = holder.await.unwrap().unwrap().unwrap();
+    let taken = holder.await.unwrap().unwrap();
     assert_eq!(got.id, taken.id, "the waiting worker got the holder's snapshot");
     assert_eq!(membership_calls(&env), 4, "and took none itself");
     assert!(
@@ -337,22 +349,13 @@ async fn a_batch_too_small_for_a_snapshot_uses_the_one_being_taken() {
     // Another worker is taking one (slowly): the small batch waits for it instead.
     env.simh
         .inject(Fault::new(Api::App, FaultKind::Delay(Duration::from_millis(300))).with_path("/membership"));
-    let holder = tokio::spawn({
-        let (pool, cio) = (env.pool.clone(), cio.clone());
-        async move { a.fresh(&pool, &cio, at).await }
-    });
-    testkit::wait_until(
-        "the other worker to hold the lease",
-        Duration::from_secs(10),
-        || async { (env.count("select count(*) from snapshot_leases").await == 1).then_some(()) },
-    )
-    .await;
+    let holder = start_holding(&env, &cio, a, at).await;
     let got = b
         .stored_or_coming(&env.pool, at)
         .await
         .unwrap()
         .expect("the snapshot being taken");
-    let taken = holder.await.unwrap().unwrap().unwrap();
+    let taken = holder.await.unwrap().unwrap();
     assert_eq!(got.id, taken.id);
     assert_eq!(
         membership_calls(&env),
