@@ -282,13 +282,12 @@ impl CioClient {
 /// addresses; headers, and so keys, are never in it) and the innermost cause, which says what an
 /// operator can act on (a refused connection, a certificate the system store does not trust).
 fn describe(e: reqwest::Error) -> String {
-    let cause = {
-        let mut inner: &dyn std::error::Error = &e;
-        while let Some(next) = inner.source() {
-            inner = next;
-        }
-        (!std::ptr::addr_eq(inner, &e as &dyn std::error::Error)).then(|| inner.to_string())
-    };
+    let mut cause = None;
+    let mut next = std::error::Error::source(&e);
+    while let Some(inner) = next {
+        cause = Some(inner.to_string());
+        next = inner.source();
+    }
     let outer = e.without_url().to_string();
     match cause {
         Some(cause) if !outer.contains(&cause) => format!("{outer}: {cause}"),
